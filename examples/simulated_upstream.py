@@ -1,0 +1,228 @@
+"""A simulated OpenAI-compatible LLM server: a STAND-IN for a real model, for demos, tests and benches.
+
+It answers /v1/chat/completions with text derived from the request (so a wrong cached answer is
+visible), streams SSE when asked, and can be told to fail, stall, truncate a stream or answer 429
+through POST /control. Every request it receives is recorded and listed at GET /control/requests.
+
+    python examples/simulated_upstream.py --port 9000 [--latency-ms 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+
+@dataclass(slots=True)
+class Faults:
+    """What the next `times` requests do instead of answering normally (times < 0: forever)."""
+
+    status: int | None = None
+    stall_s: float = 0.0
+    truncate_stream: bool = False
+    finish_reason: str = "stop"
+    times: int = -1
+
+
+@dataclass(slots=True)
+class UpstreamState:
+    latency_ms: float = 0.0
+    faults: Faults = field(default_factory=Faults)
+    received: list[dict[str, Any]] = field(default_factory=list)
+    record: bool = True
+
+    def take_faults(self) -> Faults:
+        faults = self.faults
+        if faults.times > 0:
+            faults.times -= 1
+            if faults.times == 0:
+                self.faults = Faults()
+        return faults
+
+
+def _answer_text(body: dict[str, Any]) -> str:
+    messages = body.get("messages") or []
+    last = messages[-1].get("content") if messages else ""
+    if isinstance(last, list):
+        last = " ".join(str(part.get("text", "")) for part in last)
+    turns = len(messages)
+    temperature = body.get("temperature")
+    return f"Simulated answer from {body.get('model')} (turns={turns}, t={temperature}) to: {last}"
+
+
+def _tool_calls(body: dict[str, Any]) -> list[dict[str, Any]] | None:
+    tools = body.get("tools")
+    if not tools or body.get("tool_choice") == "none":
+        return None
+    name = tools[0].get("function", {}).get("name", "tool")
+    messages = body.get("messages") or []
+    arguments = json.dumps({"query": messages[-1].get("content") if messages else ""})
+    call_id = f"call_{uuid.uuid4().hex[:8]}"
+    return [{"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}]
+
+
+def _usage(body: dict[str, Any], text: str) -> dict[str, int]:
+    prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body.get("messages") or [])
+    completion_tokens = len(text.split())
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def create_upstream_app(state: UpstreamState | None = None) -> Starlette:
+    state = state or UpstreamState()
+
+    async def chat_completions(request: Request) -> Response:
+        body = await request.json()
+        if state.record:
+            state.received.append(body)
+        faults = state.take_faults()
+        if state.latency_ms:
+            await asyncio.sleep(state.latency_ms / 1000)
+        if faults.stall_s:
+            await asyncio.sleep(faults.stall_s)
+        if faults.status is not None:
+            error_type = "rate_limit_error" if faults.status == 429 else "server_error"
+            return JSONResponse(
+                {
+                    "error": {
+                        "message": f"simulated failure {faults.status}",
+                        "type": error_type,
+                        "param": None,
+                        "code": None,
+                    }
+                },
+                status_code=faults.status,
+            )
+        completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+        created = int(time.time())
+        text = _answer_text(body)
+        tool_calls = _tool_calls(body)
+        finish_reason = "tool_calls" if tool_calls else faults.finish_reason
+        message: dict[str, Any] = {"role": "assistant", "content": None if tool_calls else text}
+        if tool_calls:
+            message["tool_calls"] = tool_calls
+        if body.get("stream"):
+            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            return StreamingResponse(
+                _stream(
+                    body=body,
+                    completion_id=completion_id,
+                    created=created,
+                    message=message,
+                    finish_reason=finish_reason,
+                    include_usage=include_usage,
+                    truncate=faults.truncate_stream,
+                ),
+                media_type="text/event-stream",
+            )
+        return JSONResponse(
+            {
+                "id": completion_id,
+                "object": "chat.completion",
+                "created": created,
+                "model": body.get("model"),
+                "choices": [{"index": 0, "message": message, "finish_reason": finish_reason, "logprobs": None}],
+                "usage": _usage(body, text),
+            }
+        )
+
+    async def control(request: Request) -> Response:
+        settings = await request.json()
+        if "latency_ms" in settings:
+            state.latency_ms = float(settings.pop("latency_ms"))
+        if "record" in settings:
+            state.record = bool(settings.pop("record"))
+        state.faults = Faults(**settings)
+        return JSONResponse({"ok": True})
+
+    async def received(request: Request) -> Response:
+        return JSONResponse(state.received)
+
+    async def models(request: Request) -> Response:
+        return JSONResponse({"object": "list", "data": [{"id": "sim-large", "object": "model", "owned_by": "sim"}]})
+
+    app = Starlette(
+        routes=[
+            Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+            Route("/v1/models", models),
+            Route("/control", control, methods=["POST"]),
+            Route("/control/requests", received),
+        ]
+    )
+    app.state.upstream = state
+    return app
+
+
+async def _stream(
+    *,
+    body: dict[str, Any],
+    completion_id: str,
+    created: int,
+    message: dict[str, Any],
+    finish_reason: str,
+    include_usage: bool,
+    truncate: bool,
+) -> AsyncIterator[bytes]:
+    def chunk(delta: dict[str, Any], finish: str | None) -> bytes:
+        payload = {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": body.get("model"),
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }
+        return f"data: {json.dumps(payload)}\n\n".encode()
+
+    yield chunk({"role": "assistant", "content": ""}, None)
+    if message.get("tool_calls"):
+        for i, call in enumerate(message["tool_calls"]):
+            yield chunk({"tool_calls": [{"index": i, **call}]}, None)
+    else:
+        words = str(message["content"]).split(" ")
+        for i, word in enumerate(words):
+            if truncate and i >= len(words) // 2:
+                return  # the connection ends with neither a finish_reason nor [DONE]
+            yield chunk({"content": word if i == 0 else f" {word}"}, None)
+            await asyncio.sleep(0)
+    yield chunk({}, finish_reason)
+    if include_usage:
+        usage = {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": body.get("model"),
+            "choices": [],
+            "usage": _usage(body, str(message.get("content") or "")),
+        }
+        yield f"data: {json.dumps(usage)}\n\n".encode()
+    yield b"data: [DONE]\n\n"
+
+
+def main() -> None:
+    import uvicorn
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9000)
+    parser.add_argument("--latency-ms", type=float, default=0.0)
+    args = parser.parse_args()
+    state = UpstreamState(latency_ms=args.latency_ms, record=False)
+    uvicorn.run(create_upstream_app(state), host=args.host, port=args.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""The gateway's configuration: typed, frozen, validated from YAML with every problem reported.
+
+Secrets are named by environment variable here; `resolve_secrets` reads them from the mapping
+the CLI hands in, so nothing below the CLI reads the process environment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from embeddings import PACKAGED_MODEL
+from gateway.errors import ConfigError
+from policies import build, check, in_range, positive
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = field(default=8080, metadata=check(in_range(0, 65535)))
+    max_body_bytes: int = field(default=1_048_576, metadata=check(positive))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UpstreamConfig:
+    api_base: str = "http://127.0.0.1:9000/v1"
+    # litellm provider prefix: "openai" speaks the OpenAI wire format to any compatible server.
+    provider: str = "openai"
+    # Name of the environment variable that holds the upstream key. Unset: each caller's own key
+    # is forwarded (pass-through), which suits a gateway in front of a shared provider account.
+    api_key_env: str | None = None
+    api_key: str | None = field(default=None, repr=False, metadata={"secret": True})
+    timeout_s: float = field(default=60.0, metadata=check(positive))
+    # Served by GET /v1/models; when non-empty, other models are refused with 404.
+    models: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EmbeddingConfig:
+    model: str = PACKAGED_MODEL
+    max_batch: int = field(default=32, metadata=check(in_range(1, 4096)))
+    max_wait_ms: float = field(default=2.0, metadata=check(in_range(0, 1000)))
+    max_queue: int = field(default=1024, metadata=check(positive))
+    deadline_ms: float = field(default=1000.0, metadata=check(positive))
+    threads: int = field(default=1, metadata=check(in_range(1, 256)))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoreConfig:
+    kind: Literal["sqlite"] = "sqlite"
+    path: str = "semcache.db"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CacheConfig:
+    similarity_threshold: float = field(default=0.9, metadata=check(in_range(0, 1, low_open=True)))
+    ttl_s: float = field(default=86_400.0, metadata=check(positive))
+    store: StoreConfig = field(default_factory=StoreConfig)
+    cleanup_interval_s: float = field(default=60.0, metadata=check(positive))
+    # How many neighbours the index returns before the scope/expiry filter has its say.
+    search_k: int = field(default=4, metadata=check(in_range(1, 256)))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TenantConfig:
+    name: str
+    # Either the key's environment variable or its SHA-256 (hex), so no raw key sits in the file.
+    api_key_env: str | None = None
+    api_key_sha256: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.api_key_env is None) == (self.api_key_sha256 is None):
+            raise ValueError(f"tenant {self.name!r}: give exactly one of api_key_env, api_key_sha256")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GatewayConfig:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
+    embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    # Callers whose key is listed share their tenant's cache; any other key is its own tenant.
+    tenants: tuple[TenantConfig, ...] = ()
+    # Filled by `resolve_secrets`: SHA-256 of an API key → tenant name.
+    tenant_by_key_sha256: Mapping[str, str] = field(default_factory=dict, metadata={"secret": True})
+
+
+def key_digest(api_key: str) -> str:
+    return hashlib.sha256(api_key.encode()).hexdigest()
+
+
+def parse_config(data: Any, *, source: str = "<config>") -> GatewayConfig:
+    """Validate parsed YAML; raise `ConfigError` listing every problem."""
+    if isinstance(data, dict):
+        for secret in ("api_key", "tenant_by_key_sha256"):
+            if secret in data or (secret in (data.get("upstream") or {})):
+                raise ConfigError(source, [f"{secret}: secrets go in environment variables, not the file"])
+    config, problems = build(GatewayConfig, data)
+    if problems or config is None:
+        raise ConfigError(source, problems)
+    return config
+
+
+def load_config(path: str | Path) -> GatewayConfig:
+    text = Path(path).read_text(encoding="utf-8")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(str(path), [f"not valid YAML: {exc}"]) from exc
+    return parse_config(data, source=str(path))
+
+
+def resolve_secrets(config: GatewayConfig, environ: Mapping[str, str]) -> GatewayConfig:
+    """Read the environment variables the config names; every missing one is reported at once."""
+    problems: list[str] = []
+    upstream = config.upstream
+    if upstream.api_key_env is not None:
+        key = environ.get(upstream.api_key_env)
+        if not key:
+            problems.append(f"upstream.api_key_env: environment variable {upstream.api_key_env} is not set")
+        upstream = replace(upstream, api_key=key)
+    tenants: dict[str, str] = {}
+    for i, tenant in enumerate(config.tenants):
+        if tenant.api_key_sha256 is not None:
+            tenants[tenant.api_key_sha256.lower()] = tenant.name
+            continue
+        assert tenant.api_key_env is not None
+        key = environ.get(tenant.api_key_env)
+        if not key:
+            problems.append(f"tenants[{i}].api_key_env: environment variable {tenant.api_key_env} is not set")
+            continue
+        tenants[key_digest(key)] = tenant.name
+    if problems:
+        raise ConfigError("environment", problems)
+    return replace(config, upstream=upstream, tenant_by_key_sha256=tenants)

@@ -1,0 +1,73 @@
+"""Cache keys. The scope is a hard partition: an answer is only ever served inside its own scope.
+
+It is a digest of everything that can change an answer besides the wording of the last user
+message: the tenant, the model, every earlier message (system prompt and prior turns) and every
+request parameter. Parameters are excluded only when they are known not to change the answer,
+so a parameter we have never heard of partitions the cache instead of leaking across it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import unicodedata
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.wire import ChatRequest, message_text
+
+# Transport and bookkeeping fields: they change how an answer is delivered or billed, not what it says.
+_ANSWER_NEUTRAL = frozenset({"messages", "stream", "stream_options", "user", "metadata", "store", "n"})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CacheKey:
+    scope: str
+    exact: str
+    prompt: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Uncacheable:
+    reason: str
+
+
+def tenant_for(api_key: str | None, tenant_by_key_sha256: Mapping[str, str]) -> str:
+    """A listed key maps to its tenant; any other key is a tenant of its own (per-key isolation)."""
+    if not api_key:
+        return "anonymous"
+    digest = hashlib.sha256(api_key.encode()).hexdigest()
+    return tenant_by_key_sha256.get(digest, f"key:{digest[:32]}")
+
+
+def normalize_prompt(text: str) -> str:
+    """Whitespace and Unicode form only: anything more (case, punctuation) could change meaning."""
+    return " ".join(unicodedata.normalize("NFC", text).split())
+
+
+def _digest(value: Any) -> str:
+    canonical = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def cache_key(request: ChatRequest, *, tenant: str) -> CacheKey | Uncacheable:
+    if request.n > 1:
+        return Uncacheable(reason="n>1")
+    last = request.messages[-1]
+    if last.get("role") != "user":
+        return Uncacheable(reason="last-message-not-user")
+    prompt = message_text(last)
+    if prompt is None:
+        return Uncacheable(reason="non-text-prompt")
+    parameters = {name: value for name, value in request.body.items() if name not in _ANSWER_NEUTRAL}
+    scope = _digest(
+        {
+            "tenant": tenant,
+            "parameters": parameters,  # includes "model"
+            "context": list(request.messages[:-1]),
+            "last_message_extras": {k: v for k, v in last.items() if k not in ("role", "content")},
+        }
+    )
+    normalized = normalize_prompt(prompt)
+    return CacheKey(scope=scope, exact=_digest([scope, normalized]), prompt=normalized)

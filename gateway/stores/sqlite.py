@@ -1,0 +1,196 @@
+"""The embedded default store: one SQLite file in WAL mode, owned by one worker thread."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+import numpy as np
+
+from gateway.errors import StoreError
+from gateway.stores.base import FORMAT_VERSION, CacheEntry
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries (
+    entry_id   TEXT PRIMARY KEY,
+    scope_key  TEXT NOT NULL,
+    exact_key  TEXT NOT NULL,
+    prompt     TEXT NOT NULL,
+    embedding  BLOB,
+    document   TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    hit_count  INTEGER NOT NULL DEFAULT 0,
+    last_hit_at REAL
+);
+CREATE INDEX IF NOT EXISTS entries_exact ON entries (exact_key);
+CREATE INDEX IF NOT EXISTS entries_expiry ON entries (expires_at);
+"""
+_COLUMNS = "entry_id, scope_key, exact_key, prompt, embedding, document, created_at, expires_at, hit_count"
+_PAGE = 1000
+
+
+def _to_row(entry: CacheEntry) -> tuple[Any, ...]:
+    document = json.dumps(
+        {
+            "format_version": FORMAT_VERSION,
+            "model": entry.model,
+            "request": entry.request,
+            "response": entry.response,
+        },
+        separators=(",", ":"),
+    )
+    blob = None if entry.embedding is None else np.asarray(entry.embedding, dtype=np.float32).tobytes()
+    return (
+        entry.entry_id, entry.scope_key, entry.exact_key, entry.prompt, blob, document,
+        entry.created_at, entry.expires_at, entry.hit_count,
+    )  # fmt: skip
+
+
+def _from_row(row: tuple[Any, ...]) -> CacheEntry:
+    entry_id, scope_key, exact_key, prompt, blob, document, created_at, expires_at, hit_count = row
+    doc = json.loads(document)
+    if doc.get("format_version") != FORMAT_VERSION:
+        raise StoreError(f"entry {entry_id} has unknown format_version {doc.get('format_version')!r}")
+    return CacheEntry(
+        entry_id=entry_id,
+        scope_key=scope_key,
+        exact_key=exact_key,
+        prompt=prompt,
+        embedding=None if blob is None else np.frombuffer(blob, dtype=np.float32),
+        request=doc["request"],
+        response=doc["response"],
+        model=doc["model"],
+        created_at=created_at,
+        expires_at=expires_at,
+        hit_count=hit_count,
+    )
+
+
+class SqliteStore:
+    """`async with SqliteStore(path) as store: ...`; every SQLite call runs on the store's thread."""
+
+    def __init__(self, path: str | Path) -> None:
+        self._path = str(path)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="semcache-sqlite")
+        self._db: sqlite3.Connection | None = None
+
+    async def __aenter__(self) -> SqliteStore:
+        await self._call(self._open)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            await self._call(self._close)
+        finally:
+            self._executor.shutdown(wait=True)
+
+    def _open(self) -> None:
+        if self._path != ":memory:":
+            Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.executescript(_SCHEMA)
+        self._db = db
+
+    def _close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise StoreError("sqlite store is not open")
+        return self._db
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run on the store's thread; sqlite3's errors become `StoreError` here and only here."""
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        except (sqlite3.Error, ValueError, KeyError, RuntimeError) as exc:
+            raise StoreError(f"sqlite store failed: {exc}") from exc
+
+    async def put(self, entry: CacheEntry) -> list[str]:
+        return await self._call(self._put, entry)
+
+    def _put(self, entry: CacheEntry) -> list[str]:
+        db = self._conn()
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            replaced = [
+                row[0]
+                for row in db.execute(
+                    "SELECT entry_id FROM entries WHERE exact_key = ? AND entry_id != ?",
+                    (entry.exact_key, entry.entry_id),
+                )
+            ]
+            db.execute("DELETE FROM entries WHERE exact_key = ? AND entry_id != ?", (entry.exact_key, entry.entry_id))
+            db.execute(f"INSERT OR REPLACE INTO entries ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)", _to_row(entry))
+        return replaced
+
+    async def get(self, entry_id: str, *, now: float) -> CacheEntry | None:
+        return await self._call(self._get, "entry_id", entry_id, now)
+
+    async def get_exact(self, exact_key: str, *, now: float) -> CacheEntry | None:
+        return await self._call(self._get, "exact_key", exact_key, now)
+
+    def _get(self, column: str, value: str, now: float) -> CacheEntry | None:
+        row = (
+            self._conn()
+            .execute(
+                f"SELECT {_COLUMNS} FROM entries WHERE {column} = ? AND expires_at > ? "
+                "ORDER BY created_at DESC LIMIT 1",
+                (value, now),
+            )
+            .fetchone()
+        )
+        return None if row is None else _from_row(row)
+
+    async def record_hit(self, entry_id: str, *, now: float) -> None:
+        await self._call(self._record_hit, entry_id, now)
+
+    def _record_hit(self, entry_id: str, now: float) -> None:
+        self._conn().execute(
+            "UPDATE entries SET hit_count = hit_count + 1, last_hit_at = ? WHERE entry_id = ?", (now, entry_id)
+        )
+
+    async def purge_expired(self, *, now: float) -> list[str]:
+        return await self._call(self._purge_expired, now)
+
+    def _purge_expired(self, now: float) -> list[str]:
+        db = self._conn()
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            ids = [row[0] for row in db.execute("SELECT entry_id FROM entries WHERE expires_at <= ?", (now,))]
+            db.execute("DELETE FROM entries WHERE expires_at <= ?", (now,))
+        return ids
+
+    async def scan_live(self, *, now: float) -> AsyncIterator[list[CacheEntry]]:
+        after = ""
+        while True:
+            page = await self._call(self._page, after, now)
+            if not page:
+                return
+            yield page
+            after = page[-1].entry_id
+
+    def _page(self, after: str, now: float) -> list[CacheEntry]:
+        rows = self._conn().execute(
+            f"SELECT {_COLUMNS} FROM entries WHERE entry_id > ? AND expires_at > ? ORDER BY entry_id LIMIT ?",
+            (after, now, _PAGE),
+        )
+        return [_from_row(row) for row in rows]
+
+    async def ping(self) -> None:
+        await self._call(lambda: self._conn().execute("SELECT 1").fetchone())

@@ -1,0 +1,118 @@
+"""The upstream seam: where misses go. The default backend speaks to any provider through litellm."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, Protocol, runtime_checkable
+
+from gateway.config import UpstreamConfig
+from gateway.errors import UpstreamError
+from gateway.wire import encode_sse
+
+
+@runtime_checkable
+class Upstream(Protocol):
+    async def complete(self, body: Mapping[str, Any], *, api_key: str | None) -> dict[str, Any]:
+        """A non-streaming chat completion as an OpenAI response body, or raise `UpstreamError`."""
+        ...
+
+    async def stream(self, body: Mapping[str, Any], *, api_key: str | None) -> AsyncIterator[bytes]:
+        """Open a streaming completion (raising `UpstreamError` before the first byte if refused) and
+        return its SSE events, ending with `data: [DONE]`."""
+        ...
+
+
+def import_litellm() -> Any:
+    """Import litellm without letting it reach the network: by default it downloads a price list
+    at import and sends telemetry. Both are switched off before the import."""
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    os.environ.setdefault("LITELLM_TELEMETRY", "False")
+    import litellm
+
+    litellm.telemetry = False
+    litellm.suppress_debug_info = True
+    litellm.drop_params = False
+    return litellm
+
+
+_NOT_FORWARDED = frozenset({"model", "messages", "stream", "cache"})
+
+
+def _clean_message(value: Any) -> Any:
+    """litellm adds bookkeeping keys of its own; the client gets the upstream's answer shape."""
+    if isinstance(value, dict):
+        return {k: _clean_message(v) for k, v in value.items() if k != "provider_specific_fields"}
+    if isinstance(value, list):
+        return [_clean_message(item) for item in value]
+    return value
+
+
+# "litellm.RateLimitError: RateLimitError: OpenAIException - <the upstream's own message>"
+_LITELLM_PREFIX = re.compile(r"^litellm\.\w+:\s*(\w+:\s*)?(\w+Exception - )?")
+
+
+def translate_error(exc: Exception) -> UpstreamError:
+    """litellm's exception → `UpstreamError` with the upstream's own status (429 stays 429)."""
+    name = type(exc).__name__
+    status = getattr(exc, "status_code", None)
+    message = _LITELLM_PREFIX.sub("", str(getattr(exc, "message", None) or exc))
+    if "Timeout" in name:
+        return UpstreamError(f"upstream timed out: {message}", status_code=504, error_type="timeout")
+    if not isinstance(status, int) or status < 400:
+        return UpstreamError(f"upstream unreachable: {message}", status_code=502, error_type="upstream_error")
+    error_type = {
+        400: "invalid_request_error",
+        401: "authentication_error",
+        403: "permission_error",
+        404: "not_found_error",
+        429: "rate_limit_error",
+    }.get(status, "upstream_error")
+    return UpstreamError(message, status_code=status, error_type=error_type)
+
+
+class LiteLLMUpstream:
+    def __init__(self, config: UpstreamConfig) -> None:
+        self._config = config
+        self._litellm = import_litellm()
+
+    def _arguments(self, body: Mapping[str, Any], api_key: str | None, *, stream: bool) -> dict[str, Any]:
+        extra = {name: value for name, value in body.items() if name not in _NOT_FORWARDED}
+        return {
+            **extra,
+            "model": f"{self._config.provider}/{body['model']}",
+            "messages": body["messages"],
+            "api_base": self._config.api_base,
+            # Local servers (vLLM, Ollama) accept any key; the OpenAI client refuses none at all.
+            "api_key": self._config.api_key or api_key or "no-key",
+            "timeout": self._config.timeout_s,
+            "max_retries": 0,
+            "stream": stream,
+        }
+
+    async def complete(self, body: Mapping[str, Any], *, api_key: str | None) -> dict[str, Any]:
+        try:
+            response = await self._litellm.acompletion(**self._arguments(body, api_key, stream=False))
+        except Exception as exc:  # litellm's exception tree, translated at this one boundary
+            raise translate_error(exc) from exc
+        result: dict[str, Any] = _clean_message(response.model_dump(exclude_none=True))
+        return result
+
+    async def stream(self, body: Mapping[str, Any], *, api_key: str | None) -> AsyncIterator[bytes]:
+        try:
+            chunks = await self._litellm.acompletion(**self._arguments(body, api_key, stream=True))
+        except Exception as exc:
+            raise translate_error(exc) from exc
+        return self._events(chunks)
+
+    async def _events(self, chunks: Any) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in chunks:
+                yield encode_sse(_clean_message(chunk.model_dump(exclude_none=True)))
+        except Exception as exc:
+            # The status line is gone already: report the failure in-band, as OpenAI does.
+            error = translate_error(exc)
+            yield encode_sse(error.body())
+            return
+        yield encode_sse("[DONE]")

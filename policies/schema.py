@@ -1,0 +1,151 @@
+"""Build frozen dataclasses from parsed YAML, collecting every problem with its YAML path.
+
+Pure: values in, values out. Unknown keys are errors (with a close-match hint), wrong types and
+out-of-range values are errors, and all of them are reported at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+
+T = TypeVar("T")
+
+Check = Callable[[Any], str | None]
+"""A field's extra check: returns the reason the value is wrong, or None. Put in field metadata."""
+
+
+def check(fn: Check) -> dict[str, Check]:
+    """`field(default=..., metadata=check(in_range(0, 1)))`."""
+    return {"check": fn}
+
+
+def in_range(low: float, high: float, *, low_open: bool = False) -> Check:
+    def verify(value: Any) -> str | None:
+        above = value > low if low_open else value >= low
+        if above and value <= high:
+            return None
+        bracket = "(" if low_open else "["
+        return f"must be in {bracket}{low:g}, {high:g}], got {value!r}"
+
+    return verify
+
+
+def positive(value: Any) -> str | None:
+    return None if value > 0 else f"must be > 0, got {value!r}"
+
+
+def build(cls: type[T], data: Any, *, path: str = "") -> tuple[T | None, list[str]]:
+    """Return (instance, []) or (None, problems)."""
+    problems: list[str] = []
+    value = _convert(cls, data, path, problems)
+    return (value if not problems else None), problems
+
+
+def _join(path: str, key: str | int) -> str:
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    return f"{path}.{key}" if path else key
+
+
+def _type_name(tp: Any) -> str:
+    if isinstance(tp, type):
+        return {"str": "a string", "int": "an integer", "float": "a number", "bool": "true/false"}.get(
+            tp.__name__, tp.__name__
+        )
+    return str(tp)
+
+
+def _convert(tp: Any, data: Any, path: str, problems: list[str]) -> Any:
+    where = path or "(top level)"
+    origin = get_origin(tp)
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        return _convert_dataclass(tp, data, path, problems)
+    if origin in (Union, types.UnionType):
+        options = get_args(tp)
+        if data is None and type(None) in options:
+            return None
+        inner = [option for option in options if option is not type(None)]
+        return _convert(inner[0], data, path, problems)
+    if origin is Literal:
+        allowed = get_args(tp)
+        if data not in allowed:
+            problems.append(f"{where}: must be one of {', '.join(map(repr, allowed))}, got {data!r}")
+        return data
+    if origin in (tuple, list):
+        if not isinstance(data, list):
+            problems.append(f"{where}: must be a list, got {type(data).__name__}")
+            return ()
+        (item_type, *_) = get_args(tp)
+        return tuple(_convert(item_type, item, _join(path, i), problems) for i, item in enumerate(data))
+    if origin in (dict, Mapping) or origin is typing.Mapping:
+        if not isinstance(data, dict):
+            problems.append(f"{where}: must be a mapping, got {type(data).__name__}")
+            return {}
+        key_type, value_type = get_args(tp)
+        return {
+            _convert(key_type, key, path, problems): _convert(value_type, item, _join(path, str(key)), problems)
+            for key, item in data.items()
+        }
+    return _convert_scalar(tp, data, where, problems)
+
+
+def _convert_scalar(tp: Any, data: Any, where: str, problems: list[str]) -> Any:
+    if tp is float:
+        if isinstance(data, bool) or not isinstance(data, int | float):
+            problems.append(f"{where}: must be a number, got {data!r}")
+            return 0.0
+        return float(data)
+    if tp is int:
+        if isinstance(data, bool) or not isinstance(data, int):
+            problems.append(f"{where}: must be an integer, got {data!r}")
+            return 0
+        return data
+    if tp in (str, bool):
+        if not isinstance(data, tp):
+            problems.append(f"{where}: must be {_type_name(tp)}, got {data!r}")
+        return data
+    raise TypeError(f"schema cannot convert to {tp!r}")  # a bug in our dataclasses, not in the file
+
+
+def _convert_dataclass(cls: type, data: Any, path: str, problems: list[str]) -> Any:
+    where = path or "(top level)"
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        problems.append(f"{where}: must be a mapping, got {type(data).__name__}")
+        return None
+    start = len(problems)
+    fields = {field.name: field for field in dataclasses.fields(cls) if field.init}
+    hints = typing.get_type_hints(cls)
+    for key in data:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            problems.append(f"{_join(path, str(key))}: unknown key{hint}")
+    values: dict[str, Any] = {}
+    for name, field in fields.items():
+        field_path = _join(path, name)
+        if name not in data:
+            if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+                problems.append(f"{field_path}: required")
+            continue
+        before = len(problems)
+        value = _convert(hints[name], data[name], field_path, problems)
+        verify: Check | None = field.metadata.get("check")
+        if verify is not None and len(problems) == before and value is not None:
+            reason = verify(value)
+            if reason is not None:
+                problems.append(f"{field_path}: {reason}")
+        values[name] = value
+    if len(problems) > start:
+        return None
+    try:
+        return cls(**values)
+    except ValueError as exc:  # a cross-field rule in __post_init__
+        problems.append(f"{where}: {exc}")
+        return None
