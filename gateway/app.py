@@ -114,9 +114,9 @@ def create_app(
             try:
                 loaded = await engine.rebuild_index()
                 logger.info("index rebuilt with %d entries", loaded)
-            except Exception as exc:  # fail-open boundary: start with an empty index, serve traffic
+            except Exception:  # fail-open boundary: start with an empty index, serve traffic
                 metrics.fail_open.labels(stage="rebuild").inc()
-                logger.exception("could not rebuild the index from the store: %s", exc)
+                logger.exception("could not rebuild the index from the store")
             tasks = TaskTracker()
             # Registered after the store and batcher, so it runs before they close.
             stack.push_async_callback(tasks.drain, timeout_s=30.0)

@@ -1,0 +1,101 @@
+"""Test peers for the seams (Embedder, Store, clock): real implementations of the protocols that
+count, stall or fail on purpose. They wrap the real parts rather than replace them."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from embeddings import EmbeddedText, Embedder
+from gateway.errors import StoreError
+from gateway.stores import CacheEntry
+
+
+@dataclass(slots=True)
+class FakeClock:
+    """An injected wall clock that only moves when told to."""
+
+    now: float = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class CountingEmbedder:
+    """The real embedder, counting the texts it was asked to embed."""
+
+    def __init__(self, inner: Embedder) -> None:
+        self._inner = inner
+        self._lock = threading.Lock()
+        self.texts: list[str] = []
+        self.batch_sizes: list[int] = []
+
+    @property
+    def dimension(self) -> int:
+        return self._inner.dimension
+
+    @property
+    def name(self) -> str:
+        return self._inner.name
+
+    def embed(self, texts: list[str]) -> list[EmbeddedText]:
+        with self._lock:
+            self.texts.extend(texts)
+            self.batch_sizes.append(len(texts))
+        return self._inner.embed(texts)
+
+
+class StallingEmbedder(CountingEmbedder):
+    """The real embedder behind a fixed stall: stands in for an overloaded or hung model."""
+
+    def __init__(self, inner: Embedder, *, stall_s: float) -> None:
+        super().__init__(inner)
+        self.stall_s = stall_s
+
+    def embed(self, texts: list[str]) -> list[EmbeddedText]:
+        time.sleep(self.stall_s)
+        return super().embed(texts)
+
+
+class FailingEmbedder(CountingEmbedder):
+    def embed(self, texts: list[str]) -> list[EmbeddedText]:
+        raise RuntimeError("simulated embedder crash")
+
+
+class BrokenStore:
+    """A store whose backend is down: every call raises `StoreError`, as the SQLite store does
+    when its file is unreadable."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def _fail(self) -> StoreError:
+        self.calls += 1
+        return StoreError("simulated store outage")
+
+    async def put(self, entry: CacheEntry) -> list[str]:
+        raise self._fail()
+
+    async def get(self, entry_id: str, *, now: float) -> CacheEntry | None:
+        raise self._fail()
+
+    async def get_exact(self, exact_key: str, *, now: float) -> CacheEntry | None:
+        raise self._fail()
+
+    async def record_hit(self, entry_id: str, *, now: float) -> None:
+        raise self._fail()
+
+    async def purge_expired(self, *, now: float) -> list[str]:
+        raise self._fail()
+
+    async def scan_live(self, *, now: float) -> AsyncIterator[list[CacheEntry]]:
+        raise self._fail()
+        yield []  # makes this an async generator, like the real stores
+
+    async def ping(self) -> None:
+        raise self._fail()
