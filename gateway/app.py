@@ -83,9 +83,13 @@ def create_app(
             documents: Store = (
                 store if store is not None else await stack.enter_async_context(SqliteStore(config.cache.store.path))
             )
-            answers: Upstream = (
-                upstream if upstream is not None else await asyncio.to_thread(LiteLLMUpstream, config.upstream)
-            )
+            answers: Upstream
+            if upstream is not None:
+                answers = upstream
+            else:
+                litellm_upstream = await asyncio.to_thread(LiteLLMUpstream, config.upstream)
+                stack.push_async_callback(litellm_upstream.aclose)
+                answers = litellm_upstream
             batcher = await stack.enter_async_context(
                 EmbeddingBatcher(
                     model,

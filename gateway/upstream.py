@@ -91,6 +91,13 @@ class LiteLLMUpstream:
             "stream": stream,
         }
 
+    async def aclose(self) -> None:
+        """Stop litellm's logging worker: it is a process-wide task bound to the event loop of the
+        first call, and would otherwise outlive this loop (and complain when it closes)."""
+        from litellm.litellm_core_utils.logging_worker import GLOBAL_LOGGING_WORKER
+
+        await GLOBAL_LOGGING_WORKER.stop(discard_pending=True, timeout=5.0)
+
     async def complete(self, body: Mapping[str, Any], *, api_key: str | None) -> dict[str, Any]:
         try:
             response = await self._litellm.acompletion(**self._arguments(body, api_key, stream=False))
