@@ -1,0 +1,39 @@
+# Two commands on a fresh machine:  `make demo`  and  `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch must be the CPU build: a bare `torch` requirement pulls a multi-GB CUDA build. Where the
+# CPU wheel is not on local disk, point pip at PyTorch's CPU wheel index, e.g.
+#   make test TORCH_PIP_ARGS="--index-url <pytorch-cpu-wheel-index> torch==2.13.0"
+TORCH_PIP_ARGS ?= torch==2.13.0
+
+.PHONY: install demo serve test lint bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet $(TORCH_PIP_ARGS)
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+demo: install
+	$(BIN)/python examples/demo.py
+
+serve: install
+	$(BIN)/semcache serve --config config.example.yaml
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python bench/latency.py
+
+clean:
+	rm -rf $(VENV) .semcache .pytest_cache .mypy_cache .ruff_cache
