@@ -40,7 +40,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,12 +90,71 @@ PAIRS = [
 # Unique miss prompts are drawn from these, so that no two of them are paraphrases of each other.
 _OPENERS = ("Tell me about", "Explain", "Write a note on", "Summarize", "Describe", "Compare")
 _WORDS = (
-    "anchor basalt cactus dolphin ember falcon glacier harbor iceberg jasmine kettle lantern meadow "
-    "nebula orchard pepper quartz raven saffron tundra umbrella violin walnut yacht zebra almanac "
-    "bicycle canyon dynamo easel fjord gazebo hammock igloo jigsaw kayak ledger marble nutmeg oasis "
-    "parsec quiver rhubarb sextant trellis unicorn volcano wombat xylophone yodel zeppelin abacus "
-    "barometer compass drizzle eclipse furnace geyser hopscotch inkwell juniper kiln lagoon mosaic"
-).split()
+    "anchor",
+    "basalt",
+    "cactus",
+    "dolphin",
+    "ember",
+    "falcon",
+    "glacier",
+    "harbor",
+    "iceberg",
+    "jasmine",
+    "kettle",
+    "lantern",
+    "meadow",
+    "nebula",
+    "orchard",
+    "pepper",
+    "quartz",
+    "raven",
+    "saffron",
+    "tundra",
+    "umbrella",
+    "violin",
+    "walnut",
+    "yacht",
+    "zebra",
+    "almanac",
+    "bicycle",
+    "canyon",
+    "dynamo",
+    "easel",
+    "fjord",
+    "gazebo",
+    "hammock",
+    "igloo",
+    "jigsaw",
+    "kayak",
+    "ledger",
+    "marble",
+    "nutmeg",
+    "oasis",
+    "parsec",
+    "quiver",
+    "rhubarb",
+    "sextant",
+    "trellis",
+    "unicorn",
+    "volcano",
+    "wombat",
+    "xylophone",
+    "yodel",
+    "zeppelin",
+    "abacus",
+    "barometer",
+    "compass",
+    "drizzle",
+    "eclipse",
+    "furnace",
+    "geyser",
+    "hopscotch",
+    "inkwell",
+    "juniper",
+    "kiln",
+    "lagoon",
+    "mosaic",
+)
 
 
 def unique_prompts(count: int, *, seed: int) -> list[str]:
@@ -208,32 +266,129 @@ class Bench:
         return elapsed_ms, response
 
 
-async def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    from embeddings import SentenceTransformerEmbedder
-    from gateway.index import IndexItem, VectorIndex
-    from gateway.upstream import import_litellm
+def outcome(response: httpx.Response) -> str:
+    return response.headers.get("x-semcache", "?")
 
+
+def write_config(workdir: Path, *, upstream_url: str, gateway_port: int, max_wait_ms: float | None) -> Path:
+    """config.example.yaml with the bench's ports and a fresh store, so every run starts cold."""
     config = yaml.safe_load((ROOT / "config.example.yaml").read_text())
-    upstream_port, gateway_port = free_port(), free_port()
-    upstream_url, gateway_url = f"http://127.0.0.1:{upstream_port}", f"http://127.0.0.1:{gateway_port}"
     config["server"]["port"] = gateway_port
     config["upstream"]["api_base"] = f"{upstream_url}/v1"
     config["cache"]["store"]["path"] = str(workdir / "cache.db")
-    if args.max_wait_ms is not None:
-        config["embedding"]["max_wait_ms"] = args.max_wait_ms
-    config_path = workdir / "config.yaml"
-    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    if max_wait_ms is not None:
+        config["embedding"]["max_wait_ms"] = max_wait_ms
+    path = workdir / "config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+async def warm_up(bench: Bench, count: int) -> None:
+    for prompt in unique_prompts(count, seed=1):
+        await bench.post(bench.upstream, prompt, WARM_KEY)
+        await bench.post(bench.gateway, prompt, WARM_KEY)
+    await asyncio.sleep(0.5)
+    for prompt in unique_prompts(count, seed=1):
+        await bench.post(bench.gateway, prompt, WARM_KEY)
+
+
+async def store_pairs(bench: Bench, results: dict[str, Any]) -> list[tuple[str, str]]:
+    """Store every original; keep the pairs whose original is an exact hit and paraphrase a semantic one."""
+    for original, _ in PAIRS:
+        _, response = await bench.post(bench.gateway, original, HIT_KEY)
+        if outcome(response) != "miss":
+            raise SystemExit(f"expected a miss for a fresh prompt, got {outcome(response)}")
+    await asyncio.sleep(1.0)  # the answers are stored after they are sent
+    pairs, probe = [], []
+    for original, paraphrase in PAIRS:
+        _, exact = await bench.post(bench.gateway, original, HIT_KEY)
+        _, semantic = await bench.post(bench.gateway, paraphrase, HIT_KEY)
+        probe.append((paraphrase, outcome(semantic), semantic.headers.get("x-semcache-similarity")))
+        if outcome(exact) == "exact" and outcome(semantic) == "hit":
+            pairs.append((original, paraphrase))
+    if not pairs:
+        raise SystemExit(f"no paraphrase was a semantic hit: {probe}")
+    results["pairs_hitting"] = (len(pairs), len(PAIRS))
+    results["misses_probe"] = [p for p in probe if p[1] != "hit"]
+    return pairs
+
+
+async def direct_and_miss(bench: Bench, count: int, results: dict[str, Any]) -> tuple[Series, Series]:
+    """(a) and (b): the same unique prompts, to the upstream and through the gateway, interleaved."""
+    direct, miss, outcomes = [], [], Counter[str]()
+    for prompt in unique_prompts(count, seed=2):
+        direct.append((await bench.post(bench.upstream, prompt, MISS_KEY))[0])
+        elapsed_ms, response = await bench.post(bench.gateway, prompt, MISS_KEY)
+        outcomes[outcome(response)] += 1
+        if outcome(response) == "miss":
+            miss.append(elapsed_ms)
+    results["miss_outcomes"] = dict(outcomes)
+    await asyncio.sleep(0.5)
+    return Series("(a) upstream direct (httpx)", direct), Series("(b) gateway miss", miss)
+
+
+async def hits_and_floor(
+    bench: Bench, embedder: Any, pairs: Sequence[tuple[str, str]], count: int, *, search_k: int, results: dict[str, Any]
+) -> tuple[Series, Series, Series]:
+    """(c), (d) and (e), interleaved. The floor's index holds the same originals as the hit scope."""
+    from gateway.index import IndexItem, VectorIndex
+
+    index = VectorIndex(embedder.dimension)
+    try:
+        far = time.time() + 86_400
+        vectors = embedder.embed([original for original, _ in pairs])
+        items = [
+            IndexItem(entry_id=str(i), scope="bench", vector=v.vector, expires_at=far) for i, v in enumerate(vectors)
+        ]
+        await index.add(items)
+        hit, exact, floor, similarities, outcomes = [], [], [], [], Counter[str]()
+        for i in range(count):
+            original, paraphrase = pairs[i % len(pairs)]
+            elapsed_ms, response = await bench.post(bench.gateway, paraphrase, HIT_KEY)
+            outcomes[outcome(response)] += 1
+            if outcome(response) == "hit":
+                hit.append(elapsed_ms)
+                similarities.append(float(response.headers["x-semcache-similarity"]))
+            elapsed_ms, response = await bench.post(bench.gateway, original, HIT_KEY)
+            if outcome(response) == "exact":
+                exact.append(elapsed_ms)
+            started = time.perf_counter()
+            vector = embedder.embed([paraphrase])[0].vector
+            matches = await index.search(vector, scope="bench", k=search_k)
+            floor.append((time.perf_counter() - started) * 1000)
+            if not matches:
+                raise SystemExit("the floor's index search found nothing")
+    finally:
+        index.close()
+    results["hit_outcomes"] = dict(outcomes)
+    results["hit_similarity_p50"] = percentile(similarities, 50) if similarities else None
+    return (
+        Series("(c) gateway semantic hit", hit),
+        Series("(d) gateway exact hit", exact),
+        Series("(e) floor: embed 1 + index search, in-process", floor),
+    )
+
+
+async def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    from embeddings import SentenceTransformerEmbedder
+    from gateway.upstream import import_litellm
+
+    upstream_port, gateway_port = free_port(), free_port()
+    upstream_url, gateway_url = f"http://127.0.0.1:{upstream_port}", f"http://127.0.0.1:{gateway_port}"
+    config_path = write_config(
+        workdir, upstream_url=upstream_url, gateway_port=gateway_port, max_wait_ms=args.max_wait_ms
+    )
+    config = yaml.safe_load(config_path.read_text())
     embedding, cache = config["embedding"], config["cache"]
+    results: dict[str, Any] = {"config": {**embedding, "similarity_threshold": cache["similarity_threshold"]}}
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     upstream_cmd = [sys.executable, str(ROOT / "examples" / "simulated_upstream.py"), "--port", str(upstream_port)]
     gateway_cmd = [*semcache_command(), "serve", "--config", str(config_path), "--port", str(gateway_port)]
-    gateway_cmd += ["--log-level", "warning"]
-    results: dict[str, Any] = {"config": {**embedding, "similarity_threshold": cache["similarity_threshold"]}}
-
+    up_log, gw_log = workdir / "upstream.log", workdir / "gateway.log"
     with (
-        subprocess_running(upstream_cmd + ["--latency-ms", "0"], log=workdir / "upstream.log", env=env) as up_proc,
-        subprocess_running(gateway_cmd, log=workdir / "gateway.log", env=env) as gw_proc,
+        subprocess_running([*upstream_cmd, "--latency-ms", "0"], log=up_log, env=env) as up_proc,
+        subprocess_running([*gateway_cmd, "--log-level", "warning"], log=gw_log, env=env) as gw_proc,
     ):
         # The bench's own model and litellm load while both servers start.
         status("loading the embedding model and litellm in-process (servers start meanwhile)")
@@ -241,104 +396,32 @@ async def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         litellm = import_litellm()
         limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
         async with httpx.AsyncClient(timeout=60, limits=limits) as client:
-            await wait_ready(client, f"{upstream_url}/v1/models", up_proc, log=workdir / "upstream.log", timeout_s=60)
-            await wait_ready(client, f"{gateway_url}/readyz", gw_proc, log=workdir / "gateway.log", timeout_s=180)
+            await wait_ready(client, f"{upstream_url}/v1/models", up_proc, log=up_log, timeout_s=60)
+            await wait_ready(client, f"{gateway_url}/readyz", gw_proc, log=gw_log, timeout_s=180)
             bench = Bench(client=client, upstream=upstream_url, gateway=gateway_url)
             status("warming up")
-            for prompt in unique_prompts(args.warmup, seed=1):
-                await bench.post(upstream_url, prompt, WARM_KEY)
-                await bench.post(gateway_url, prompt, WARM_KEY)
-            await asyncio.sleep(0.5)
-            for prompt in unique_prompts(args.warmup, seed=1):
-                await bench.post(gateway_url, prompt, WARM_KEY)
-
+            await warm_up(bench, args.warmup)
             status(f"storing {len(PAIRS)} prompts, then checking that their paraphrases hit")
-            for original, _ in PAIRS:
-                _, response = await bench.post(gateway_url, original, HIT_KEY)
-                if response.headers.get("x-semcache") != "miss":
-                    raise SystemExit(f"expected a miss for a fresh prompt, got {response.headers.get('x-semcache')}")
-            await asyncio.sleep(1.0)  # the answers are stored after they are sent
-            pairs, probe = [], []
-            for original, paraphrase in PAIRS:
-                _, exact = await bench.post(gateway_url, original, HIT_KEY)
-                _, semantic = await bench.post(gateway_url, paraphrase, HIT_KEY)
-                probe.append(
-                    (paraphrase, semantic.headers.get("x-semcache"), semantic.headers.get("x-semcache-similarity"))
-                )
-                if exact.headers.get("x-semcache") == "exact" and semantic.headers.get("x-semcache") == "hit":
-                    pairs.append((original, paraphrase))
-            if not pairs:
-                raise SystemExit(f"no paraphrase was a semantic hit: {probe}")
-            results["pairs_hitting"] = (len(pairs), len(PAIRS))
-            results["misses_probe"] = [p for p in probe if p[1] != "hit"]
-
+            pairs = await store_pairs(bench, results)
             status(f"(a) upstream direct vs (b) gateway miss: {args.requests} unique prompts each, interleaved")
-            direct, miss, miss_outcomes = [], [], Counter[str]()
-            for prompt in unique_prompts(args.requests, seed=2):
-                direct.append((await bench.post(upstream_url, prompt, MISS_KEY))[0])
-                elapsed_ms, response = await bench.post(gateway_url, prompt, MISS_KEY)
-                outcome = response.headers.get("x-semcache", "?")
-                miss_outcomes[outcome] += 1
-                if outcome == "miss":
-                    miss.append(elapsed_ms)
-            results["miss_outcomes"] = dict(miss_outcomes)
-            await asyncio.sleep(0.5)
-
+            a, b = await direct_and_miss(bench, args.requests, results)
             status("(c) semantic hit vs (d) exact hit vs (e) embed + search in-process, interleaved")
-            index = VectorIndex(embedder.dimension)
-            try:
-                vectors = embedder.embed([original for original, _ in pairs])
-                far = time.time() + 86_400
-                await index.add(
-                    [
-                        IndexItem(entry_id=str(i), scope="bench", vector=v.vector, expires_at=far)
-                        for i, v in enumerate(vectors)
-                    ]
-                )
-                hit, exact, floor, similarities = [], [], [], []
-                hit_outcomes = Counter[str]()
-                for i in range(args.requests):
-                    original, paraphrase = pairs[i % len(pairs)]
-                    elapsed_ms, response = await bench.post(gateway_url, paraphrase, HIT_KEY)
-                    hit_outcomes[response.headers.get("x-semcache", "?")] += 1
-                    if response.headers.get("x-semcache") == "hit":
-                        hit.append(elapsed_ms)
-                        similarities.append(float(response.headers["x-semcache-similarity"]))
-                    elapsed_ms, response = await bench.post(gateway_url, original, HIT_KEY)
-                    if response.headers.get("x-semcache") == "exact":
-                        exact.append(elapsed_ms)
-                    started = time.perf_counter()
-                    vector = embedder.embed([paraphrase])[0].vector
-                    matches = await index.search(vector, scope="bench", k=cache["search_k"])
-                    floor.append((time.perf_counter() - started) * 1000)
-                    assert matches, "the floor's index search found nothing"
-            finally:
-                index.close()
-            results["hit_outcomes"] = dict(hit_outcomes)
-            results["hit_similarity_p50"] = percentile(similarities, 50) if similarities else None
-
+            c, d, e = await hits_and_floor(
+                bench, embedder, pairs, args.requests, search_k=cache["search_k"], results=results
+            )
+            results["series"] = dict(zip("abcde", (a, b, c, d, e), strict=True))
             status(f"hits/s at concurrency {args.concurrency}: {args.concurrent_requests} semantic-hit requests")
             results["concurrent"] = await concurrent_hits(bench, pairs, args.concurrency, args.concurrent_requests)
-
             status(f"embedder throughput in-process, batches of {embedding['max_batch']}")
             results["embedder_texts_per_s"] = batched_throughput(embedder, pairs, embedding["max_batch"])
-
             status(f"litellm.acompletion vs raw httpx POST to the upstream, {args.requests} each, interleaved")
             results["litellm"], results["httpx"] = await litellm_cost(litellm, bench, args.requests)
-
             metrics = (await client.get(f"{gateway_url}/metrics")).text
             results["fail_open"] = [
                 line
                 for line in metrics.splitlines()
-                if line.startswith("semcache_fail_open_total") and " 0.0" not in line
+                if line.startswith("semcache_fail_open_total") and not line.endswith(" 0.0")
             ]
-    results["series"] = {
-        "a": Series("(a) upstream direct (httpx)", direct),
-        "b": Series("(b) gateway miss", miss),
-        "c": Series("(c) gateway semantic hit", hit),
-        "d": Series("(d) gateway exact hit", exact),
-        "e": Series("(e) floor: embed 1 + index search, in-process", floor),
-    }
     return results
 
 
@@ -459,15 +542,15 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
         "",
         "| figure | value | target | result |",
         "| --- | ---: | --- | --- |",
-        f"| (c) / (e), p50 | {ratio_ce:.2f}× ({c.p50:.2f} / {e.p50:.2f} ms) | ≤ 1.3× | {verdict(ratio_ce <= 1.3)} |",
-        f"| (c) / (e), p99 | {c.p99 / e.p99:.2f}× | — | — |",
+        f"| (c) / (e), p50 | {ratio_ce:.2f}x ({c.p50:.2f} / {e.p50:.2f} ms) | ≤ 1.3x | {verdict(ratio_ce <= 1.3)} |",
+        f"| (c) / (e), p99 | {c.p99 / e.p99:.2f}x | — | — |",
         f"| (d) exact hit, p50 | {d.p50:.2f} ms | ≤ 2 ms | {verdict(d.p50 <= 2.0)} |",
-        f"| (b) − (a), p50 | {b.p50 - a.p50:.2f} ms | — | — |",
-        f"| (b) − (a), p99 | {b.p99 - a.p99:.2f} ms | — | — |",
+        f"| (b) - (a), p50 | {b.p50 - a.p50:.2f} ms | — | — |",
+        f"| (b) - (a), p99 | {b.p99 - a.p99:.2f} ms | — | — |",
         f"| hits/s at concurrency {args.concurrency} (HTTP) | {conc['hits_per_s']:.0f} | — | — |",
         f"| embedder alone, texts/s in batches of {cfg['max_batch']} | {embed_rate:.0f} | — | — |",
         f"| hits/s ÷ embedder texts/s | {ratio_hits:.2f} | ≥ 0.8 | {verdict(ratio_hits >= 0.8)} |",
-        f"| litellm.acompletion − raw httpx, p50 | {lite.p50 - raw.p50:.2f} ms "
+        f"| litellm.acompletion - raw httpx, p50 | {lite.p50 - raw.p50:.2f} ms "
         f"({lite.p50:.2f} vs {raw.p50:.2f}) | — | — |",
     ]
     return "\n".join(lines)

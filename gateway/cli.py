@@ -26,6 +26,9 @@ def _serve(args: argparse.Namespace) -> int:
     )
     config = replace(config, server=server)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # litellm logs every call at INFO; its warnings are what an operator needs.
+    for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy", "httpx"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
     uvicorn.run(
         create_app(config),
         host=server.host,

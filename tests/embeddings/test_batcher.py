@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import numpy as np
 import pytest
@@ -155,15 +156,31 @@ async def test_embed_before_enter_fails(embedder: CountingEmbedder) -> None:
     assert embedder.texts == []
 
 
+class GatedEmbedder(CountingEmbedder):
+    """The real embedder, held at the gate until the test opens it: a model call caught mid-flight."""
+
+    def __init__(self, inner: Embedder) -> None:
+        super().__init__(inner)
+        self.started = threading.Event()
+        self.gate = threading.Event()
+
+    def embed(self, texts: list[str]) -> list[EmbeddedText]:
+        self.started.set()
+        self.gate.wait(timeout=30)
+        return super().embed(texts)
+
+
 async def test_requests_in_flight_at_shutdown_fail_instead_of_waiting_out_their_deadline(
     real_embedder: Embedder,
 ) -> None:
-    stalling = StallingEmbedder(real_embedder, stall_s=0.3)
-    batcher = EmbeddingBatcher(stalling, BatcherConfig(max_batch=1, max_wait_ms=0, deadline_ms=3_000))
+    gated = GatedEmbedder(real_embedder)
+    batcher = EmbeddingBatcher(gated, BatcherConfig(max_batch=1, max_wait_ms=0, deadline_ms=3_000))
     async with batcher:
         in_flight = asyncio.create_task(batcher.embed("being embedded at shutdown"))
         queued = asyncio.create_task(batcher.embed("still queued at shutdown"))
-        await asyncio.sleep(0.05)  # let the worker pick up the first request
+        assert await asyncio.to_thread(gated.started.wait, 30)
+        # The model call finishes only after the batcher has begun to shut down.
+        gated.gate.set()
 
     results = await asyncio.gather(in_flight, queued, return_exceptions=True)
 
