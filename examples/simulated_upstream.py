@@ -140,6 +140,76 @@ def create_upstream_app(state: UpstreamState | None = None) -> Starlette:
             }
         )
 
+    async def completions(request: Request) -> Response:
+        """Legacy text completions: the answer is derived from `prompt`."""
+        body = await request.json()
+        if state.record:
+            state.received.append(body)
+        faults = state.take_faults()
+        if faults.stall_s:
+            await asyncio.sleep(faults.stall_s)
+        if faults.status is not None:
+            return JSONResponse(
+                {
+                    "error": {
+                        "message": f"simulated failure {faults.status}",
+                        "type": "server_error",
+                        "param": None,
+                        "code": None,
+                    }
+                },
+                status_code=faults.status,
+            )
+        text = f"Simulated completion from {body.get('model')} of: {body.get('prompt')}"
+        completion_id = f"cmpl-{uuid.uuid4().hex}"
+        created = int(time.time())
+        usage = {"prompt_tokens": len(str(body.get("prompt")).split()), "completion_tokens": len(text.split())}
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        header = {"id": completion_id, "object": "text_completion", "created": created, "model": body.get("model")}
+        if not body.get("stream"):
+            choice = {"index": 0, "text": text, "finish_reason": faults.finish_reason, "logprobs": None}
+            return JSONResponse({**header, "choices": [choice], "usage": usage})
+
+        async def events() -> AsyncIterator[bytes]:
+            for word in text.split(" "):
+                choice = {"index": 0, "text": f"{word} ", "finish_reason": None, "logprobs": None}
+                yield f"data: {json.dumps({**header, 'choices': [choice]})}\n\n".encode()
+            last = {"index": 0, "text": "", "finish_reason": faults.finish_reason, "logprobs": None}
+            yield f"data: {json.dumps({**header, 'choices': [last]})}\n\n".encode()
+            if (body.get("stream_options") or {}).get("include_usage"):
+                yield f"data: {json.dumps({**header, 'choices': [], 'usage': usage})}\n\n".encode()
+            yield b"data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    async def embeddings(request: Request) -> Response:
+        """Deterministic toy vectors (not semantic): enough to see a request pass through."""
+        body = await request.json()
+        if state.record:
+            state.received.append(body)
+        inputs = body.get("input")
+        texts = inputs if isinstance(inputs, list) else [inputs]
+        data = [
+            {"object": "embedding", "index": i, "embedding": [len(str(text)) / 100.0, float(i), 1.0]}
+            for i, text in enumerate(texts)
+        ]
+        usage = {"prompt_tokens": len(texts), "total_tokens": len(texts)}
+        return JSONResponse({"object": "list", "data": data, "model": body.get("model"), "usage": usage})
+
+    async def echo(request: Request) -> Response:
+        """Any other /v1 route: says what it received, so a proxy's faithfulness can be checked."""
+        body = await request.body()
+        return JSONResponse(
+            {
+                "method": request.method,
+                "path": request.url.path,
+                "query": request.url.query,
+                "body": body.decode(errors="replace"),
+                "authorization": request.headers.get("authorization"),
+            },
+            headers={"x-simulated-upstream": "echo"},
+        )
+
     async def control(request: Request) -> Response:
         settings = await request.json()
         if "latency_ms" in settings:
@@ -159,8 +229,11 @@ def create_upstream_app(state: UpstreamState | None = None) -> Starlette:
         routes=[
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
             Route("/v1/models", models),
+            Route("/v1/completions", completions, methods=["POST"]),
+            Route("/v1/embeddings", embeddings, methods=["POST"]),
             Route("/control", control, methods=["POST"]),
             Route("/control/requests", received),
+            Route("/v1/{rest:path}", echo, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
         ]
     )
     app.state.upstream = state

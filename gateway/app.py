@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from starlette.applications import Starlette
@@ -22,14 +22,24 @@ from gateway.engine import CacheEngine, Clock, LookupSettings
 from gateway.errors import ClientFacingError, MethodNotAllowed, ServiceUnavailable
 from gateway.index import VectorIndex
 from gateway.metrics import Metrics
+from gateway.passthrough import Passthrough
 from gateway.proxy import Proxy, error_response, not_found
+from gateway.singleflight import SingleFlight
 from gateway.stores import SqliteStore, Store
 from gateway.tasks import TaskTracker
 from gateway.upstream import LiteLLMUpstream, Upstream
 
 logger = logging.getLogger("semcache.app")
 
-Endpoint = Callable[[Request], Awaitable[Response]]
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Parts:
+    """Parts passed to `create_app` are used as they are and stay the caller's to close; the rest
+    is built from the config in the lifespan and closed there."""
+
+    embedder: Embedder | None = None
+    store: Store | None = None
+    upstream: Upstream | None = None
 
 
 @dataclass(slots=True)
@@ -56,6 +66,64 @@ async def _purge_periodically(engine: CacheEngine, interval_s: float) -> None:
             logger.info("purged %d expired entries", purged)
 
 
+async def _open(
+    stack: contextlib.AsyncExitStack, config: GatewayConfig, parts: Parts, metrics: Metrics, clock: Clock
+) -> Proxy:
+    # Model loading and the litellm import take seconds: off the event loop.
+    embedder = parts.embedder
+    if embedder is None:
+        embedder = await asyncio.to_thread(
+            SentenceTransformerEmbedder, config.embedding.model, threads=config.embedding.threads
+        )
+    store = parts.store
+    if store is None:
+        store = await stack.enter_async_context(SqliteStore(config.cache.store.path))
+    upstream = parts.upstream
+    if upstream is None:
+        litellm_upstream = await asyncio.to_thread(LiteLLMUpstream, config.upstream)
+        stack.push_async_callback(litellm_upstream.aclose)
+        upstream = litellm_upstream
+    passthrough = await stack.enter_async_context(Passthrough(config.upstream))
+    batching = config.embedding
+    batcher = await stack.enter_async_context(
+        EmbeddingBatcher(
+            embedder,
+            BatcherConfig(
+                max_batch=batching.max_batch,
+                max_wait_ms=batching.max_wait_ms,
+                max_queue=batching.max_queue,
+                deadline_ms=batching.deadline_ms,
+            ),
+        )
+    )
+    index = VectorIndex(embedder.dimension)
+    stack.callback(index.close)
+    settings = LookupSettings(
+        similarity_threshold=config.cache.similarity_threshold, ttl_s=config.cache.ttl_s, search_k=config.cache.search_k
+    )
+    engine = CacheEngine(store=store, index=index, batcher=batcher, settings=settings, metrics=metrics, clock=clock)
+    try:
+        logger.info("index rebuilt with %d entries", await engine.rebuild_index())
+    except Exception:  # fail-open boundary: start with an empty index, serve traffic
+        metrics.fail_open.labels(stage="rebuild").inc()
+        logger.exception("could not rebuild the index from the store")
+    tasks = TaskTracker()
+    # Registered after the store and batcher, so it runs before they close.
+    stack.push_async_callback(tasks.drain, timeout_s=30.0)
+    purger = asyncio.create_task(_purge_periodically(engine, config.cache.cleanup_interval_s))
+    stack.callback(purger.cancel)
+    return Proxy(
+        config=config,
+        engine=engine,
+        upstream=upstream,
+        passthrough=passthrough,
+        metrics=metrics,
+        tasks=tasks,
+        flights=SingleFlight(max_lifetime_s=config.upstream.timeout_s),
+        clock=clock,
+    )
+
+
 def create_app(
     config: GatewayConfig,
     *,
@@ -64,71 +132,14 @@ def create_app(
     upstream: Upstream | None = None,
     clock: Clock = time.time,
 ) -> Starlette:
-    """Parts passed in are used as they are and stay the caller's to close; the rest is built from
-    `config` in the lifespan and closed there."""
     runtime = _Runtime()
     metrics = Metrics()
+    parts = Parts(embedder=embedder, store=store, upstream=upstream)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
-            # Model loading and the litellm import take seconds: off the event loop.
-            model: Embedder = (
-                embedder
-                if embedder is not None
-                else await asyncio.to_thread(
-                    SentenceTransformerEmbedder, config.embedding.model, threads=config.embedding.threads
-                )
-            )
-            documents: Store = (
-                store if store is not None else await stack.enter_async_context(SqliteStore(config.cache.store.path))
-            )
-            answers: Upstream
-            if upstream is not None:
-                answers = upstream
-            else:
-                litellm_upstream = await asyncio.to_thread(LiteLLMUpstream, config.upstream)
-                stack.push_async_callback(litellm_upstream.aclose)
-                answers = litellm_upstream
-            batcher = await stack.enter_async_context(
-                EmbeddingBatcher(
-                    model,
-                    BatcherConfig(
-                        max_batch=config.embedding.max_batch,
-                        max_wait_ms=config.embedding.max_wait_ms,
-                        max_queue=config.embedding.max_queue,
-                        deadline_ms=config.embedding.deadline_ms,
-                    ),
-                )
-            )
-            index = VectorIndex(model.dimension)
-            stack.callback(index.close)
-            engine = CacheEngine(
-                store=documents,
-                index=index,
-                batcher=batcher,
-                settings=LookupSettings(
-                    similarity_threshold=config.cache.similarity_threshold,
-                    ttl_s=config.cache.ttl_s,
-                    search_k=config.cache.search_k,
-                ),
-                metrics=metrics,
-                clock=clock,
-            )
-            try:
-                loaded = await engine.rebuild_index()
-                logger.info("index rebuilt with %d entries", loaded)
-            except Exception:  # fail-open boundary: start with an empty index, serve traffic
-                metrics.fail_open.labels(stage="rebuild").inc()
-                logger.exception("could not rebuild the index from the store")
-            tasks = TaskTracker()
-            # Registered after the store and batcher, so it runs before they close.
-            stack.push_async_callback(tasks.drain, timeout_s=30.0)
-            purger = asyncio.create_task(_purge_periodically(engine, config.cache.cleanup_interval_s))
-            stack.callback(purger.cancel)
-            runtime.proxy = Proxy(
-                config=config, engine=engine, upstream=answers, metrics=metrics, tasks=tasks, clock=clock
-            )
+            runtime.proxy = await _open(stack, config, parts, metrics, clock)
             try:
                 yield
             finally:
@@ -137,11 +148,14 @@ def create_app(
     async def chat_completions(request: Request) -> Response:
         return await runtime.require().chat_completions(request)
 
+    async def completions(request: Request) -> Response:
+        return await runtime.require().completions(request)
+
     async def models(request: Request) -> Response:
         return await runtime.require().models(request)
 
-    async def healthz(request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
+    async def forward(request: Request) -> Response:
+        return await runtime.require().forward(request)
 
     async def readyz(request: Request) -> Response:
         proxy = runtime.proxy
@@ -156,34 +170,40 @@ def create_app(
     async def prometheus(request: Request) -> Response:
         return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
 
-    async def http_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
-        error: ClientFacingError
-        if exc.status_code == 404:
-            return await not_found(request)
-        if exc.status_code == 405:
-            error = MethodNotAllowed(f"Method {request.method} not allowed on {request.url.path}")
-        else:
-            error = ServiceUnavailable(str(exc.detail))
-        return error_response(error)
-
-    async def unexpected_error(request: Request, exc: Exception) -> Response:
-        logger.exception("unexpected error", exc_info=exc)
-        return JSONResponse(
-            {"error": {"message": "internal gateway error", "type": "server_error", "param": None, "code": None}},
-            status_code=500,
-        )
-
     app = Starlette(
         routes=[
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+            Route("/v1/completions", completions, methods=["POST"]),
             Route("/v1/models", models, methods=["GET"]),
-            Route("/healthz", healthz, methods=["GET"]),
+            Route("/v1/{rest:path}", forward, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
+            Route("/healthz", _healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", prometheus, methods=["GET"]),
         ],
         lifespan=lifespan,
-        exception_handlers={HTTPException: http_error, Exception: unexpected_error},
+        exception_handlers={HTTPException: _http_error, Exception: _unexpected_error},
     )
     app.state.metrics = metrics
     return app
+
+
+async def _healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    error: ClientFacingError
+    if exc.status_code == 404:
+        return await not_found(request)
+    if exc.status_code == 405:
+        error = MethodNotAllowed(f"Method {request.method} not allowed on {request.url.path}")
+    else:
+        error = ServiceUnavailable(str(exc.detail))
+    return error_response(error)
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    logger.exception("unexpected error", exc_info=exc)
+    body = {"error": {"message": "internal gateway error", "type": "server_error", "param": None, "code": None}}
+    return JSONResponse(body, status_code=500)

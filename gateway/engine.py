@@ -85,15 +85,26 @@ class CacheEngine:
         self._metrics.fail_open.labels(stage=stage).inc()
         logger.warning("cache %s failed, serving from upstream: %s", stage, exc)
 
-    async def lookup(self, key: CacheKey) -> Decision:
+    @property
+    def settings(self) -> LookupSettings:
+        return self._settings
+
+    async def lookup(
+        self, key: CacheKey, *, threshold: float | None = None, max_age_s: float | None = None, search: bool = True
+    ) -> Decision:
+        """Exact match, then semantic. `threshold` may only be stricter than the configured one;
+        `max_age_s` refuses older entries; `search=False` (Cache-Control: no-cache) only embeds, so
+        the fresh answer can still be stored."""
         now = self._clock()
-        try:
-            exact = await self._store.get_exact(key.exact, now=now)
-        except Exception as exc:  # fail-open boundary
-            self._fault("store", exc)
-            exact = None
-        if exact is not None:
-            return Hit(entry=exact, similarity=1.0, exact=True)
+        oldest = now - max_age_s if max_age_s is not None else float("-inf")
+        if search:
+            try:
+                exact = await self._store.get_exact(key.exact, now=now)
+            except Exception as exc:  # fail-open boundary
+                self._fault("store", exc)
+                exact = None
+            if exact is not None and exact.created_at >= oldest:
+                return Hit(entry=exact, similarity=1.0, exact=True)
         try:
             embedded = await self._batcher.embed(key.prompt)
         except EmbedderError as exc:
@@ -101,18 +112,21 @@ class CacheEngine:
             return Miss(vector=None, best_similarity=None, semantic=False, fault="embedder")
         if embedded.truncated:
             return Miss(vector=None, best_similarity=None, semantic=False)
+        if not search:
+            return Miss(vector=embedded.vector, best_similarity=None, semantic=True)
+        threshold = max(threshold or 0.0, self._settings.similarity_threshold)
         try:
-            return await self._search(key, embedded.vector, now)
+            return await self._search(key, embedded.vector, now, threshold=threshold, oldest=oldest)
         except Exception as exc:  # fail-open boundary
             self._fault("search", exc)
             return Miss(vector=embedded.vector, best_similarity=None, semantic=True, fault="search")
 
-    async def _search(self, key: CacheKey, vector: Vector, now: float) -> Decision:
+    async def _search(self, key: CacheKey, vector: Vector, now: float, *, threshold: float, oldest: float) -> Decision:
         matches = await self._index.search(vector, scope=key.scope, k=self._settings.search_k)
-        fresh = [match for match in matches if match.expires_at > now]
+        fresh = [match for match in matches if match.expires_at > now and match.created_at >= oldest]
         best = fresh[0].similarity if fresh else None
         for match in fresh:
-            if match.similarity < self._settings.similarity_threshold:
+            if match.similarity < threshold:
                 break
             entry = await self._store.get(match.entry_id, now=now)
             if entry is not None:
@@ -170,5 +184,9 @@ class CacheEngine:
 def _index_item(entry: CacheEntry) -> IndexItem:
     assert entry.embedding is not None
     return IndexItem(
-        entry_id=entry.entry_id, scope=entry.scope_key, vector=entry.embedding, expires_at=entry.expires_at
+        entry_id=entry.entry_id,
+        scope=entry.scope_key,
+        vector=entry.embedding,
+        created_at=entry.created_at,
+        expires_at=entry.expires_at,
     )

@@ -32,6 +32,7 @@ def similarity_from_distance(distance: float) -> float:
 class Match:
     entry_id: str
     similarity: float
+    created_at: float
     expires_at: float
 
 
@@ -39,6 +40,7 @@ class Match:
 class _Slot:
     entry_id: str
     scope: str
+    created_at: float
     expires_at: float
 
 
@@ -52,6 +54,7 @@ class IndexItem:
     entry_id: str
     scope: str
     vector: Vector
+    created_at: float
     expires_at: float
 
 
@@ -107,7 +110,7 @@ class VectorIndex:
             if reuse < len(items):
                 self._hnsw.add_items(vectors[reuse:], labels[reuse:])
             for label, item in zip(labels.tolist(), items, strict=True):
-                self._slots[label] = _Slot(item.entry_id, item.scope, item.expires_at)
+                self._slots[label] = _Slot(item.entry_id, item.scope, item.created_at, item.expires_at)
                 self._labels[item.entry_id] = label
                 self._scopes.setdefault(item.scope, _Scope()).labels.add(label)
 
@@ -150,9 +153,11 @@ class VectorIndex:
                 found = zip(result_labels[0].tolist(), result_distances[0].tolist(), strict=True)
             return [
                 Match(
-                    entry_id=self._slots[label].entry_id,
+                    entry_id=slot.entry_id,
                     similarity=similarity_from_distance(distance),
-                    expires_at=self._slots[label].expires_at,
+                    created_at=slot.created_at,
+                    expires_at=slot.expires_at,
                 )
                 for label, distance in found
+                for slot in (self._slots[label],)
             ]

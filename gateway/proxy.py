@@ -4,22 +4,45 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from gateway.cache_control import CacheControl, parse_cache_control
 from gateway.config import GatewayConfig
 from gateway.engine import CacheEngine, Clock, Hit, Miss, Outcome
-from gateway.errors import ClientFacingError, ModelNotFound, PayloadTooLarge, RouteNotFound, UpstreamError
+from gateway.errors import (
+    ClientFacingError,
+    InvalidRequest,
+    ModelNotFound,
+    PayloadTooLarge,
+    RouteNotFound,
+    UpstreamError,
+)
 from gateway.metrics import Metrics
+from gateway.passthrough import Passthrough
 from gateway.scope import CacheKey, cache_key, tenant_for
+from gateway.singleflight import SingleFlight
+from gateway.streams import DONE, StreamRecorder, replay_chat_stream, replay_text_stream
 from gateway.tasks import TaskTracker
 from gateway.upstream import Upstream
-from gateway.wire import ChatRequest, is_complete, parse_chat_request, parse_json, replay_completion
+from gateway.wire import (
+    CompletionRequest,
+    encode_sse,
+    is_complete,
+    parse_chat_request,
+    parse_json,
+    parse_text_request,
+    replay_completion,
+)
 
 logger = logging.getLogger("semcache.proxy")
+
+Parser = Callable[[Any], CompletionRequest]
+OnComplete = Callable[[Mapping[str, Any]], None]
 
 
 def error_response(error: ClientFacingError, headers: Mapping[str, str] | None = None) -> JSONResponse:
@@ -52,26 +75,45 @@ def _similarity(value: float | None) -> dict[str, str]:
     return {} if value is None else {"x-semcache-similarity": f"{value:.4f}"}
 
 
+def _replay(request: CompletionRequest, completion: Mapping[str, Any]) -> Iterator[bytes]:
+    replay = replay_chat_stream if request.endpoint == "chat" else replay_text_stream
+    return replay(completion, include_usage=request.include_usage)
+
+
+async def _iterate(events: Iterator[bytes]) -> AsyncIterator[bytes]:
+    for event in events:
+        yield event
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Proxy:
     config: GatewayConfig
     engine: CacheEngine
     upstream: Upstream
+    passthrough: Passthrough
     metrics: Metrics
     tasks: TaskTracker
+    flights: SingleFlight
     clock: Clock
 
     async def chat_completions(self, request: Request) -> Response:
+        return await self._completion(request, parse_chat_request)
+
+    async def completions(self, request: Request) -> Response:
+        return await self._completion(request, parse_text_request)
+
+    async def _completion(self, request: Request, parse: Parser) -> Response:
         started = time.perf_counter()
         try:
-            raw = await read_body(request, limit=self.config.server.max_body_bytes)
-            chat = parse_chat_request(parse_json(raw))
-            self._check_model(chat.model)
+            data = parse_json(await read_body(request, limit=self.config.server.max_body_bytes))
+            control = parse_cache_control(request.headers, data.pop("cache", None) if isinstance(data, dict) else None)
+            completion = parse(data)
+            self._check_model(completion.model)
+            self._check_threshold(control)
         except ClientFacingError as error:
             self.metrics.requests.labels(outcome="invalid").inc()
             return error_response(error)
-        api_key = bearer_key(request)
-        response, outcome = await self._answer(chat, api_key)
+        response, outcome = await self._answer(completion, control, bearer_key(request))
         self.metrics.requests.labels(outcome=outcome).inc()
         self.metrics.latency.labels(outcome=outcome).observe(time.perf_counter() - started)
         return response
@@ -83,65 +125,158 @@ class Proxy:
                 f"The model '{model}' does not exist or is not served here", param="model", code="model_not_found"
             )
 
-    async def _answer(self, chat: ChatRequest, api_key: str | None) -> tuple[Response, str]:
-        if chat.stream:
-            # Streams are passed through uncached until the streaming issue lands.
-            return await self._stream_through(chat, api_key, reason="stream"), Outcome.BYPASS
-        key = cache_key(chat, tenant=tenant_for(api_key, self.config.tenant_by_key_sha256))
+    def _check_threshold(self, control: CacheControl) -> None:
+        configured = self.engine.settings.similarity_threshold
+        if control.threshold is not None and control.threshold < configured:
+            raise InvalidRequest(
+                f"a per-request threshold may only be stricter than the policy's {configured:g}, "
+                f"got {control.threshold:g}",
+                param="x-semcache-threshold",
+                code="threshold_too_loose",
+            )
+
+    async def _answer(
+        self, request: CompletionRequest, control: CacheControl, api_key: str | None
+    ) -> tuple[Response, str]:
+        key = cache_key(request, tenant=tenant_for(api_key, self.config.tenant_by_key_sha256))
         if not isinstance(key, CacheKey):
             headers = {"x-semcache": Outcome.BYPASS, "x-semcache-reason": key.reason}
-            return await self._forward(chat, api_key, headers), Outcome.BYPASS
-        decision = await self.engine.lookup(key)
+            return await self._from_upstream(request, api_key, headers), Outcome.BYPASS
+        decision = await self.engine.lookup(
+            key, threshold=control.threshold, max_age_s=control.max_age_s, search=control.lookup
+        )
         if isinstance(decision, Hit):
-            return self._serve_hit(decision), (Outcome.EXACT if decision.exact else Outcome.HIT)
+            self.tasks.spawn(self.engine.record_hit(decision), name="record-hit")
+            headers = {
+                "x-semcache": Outcome.EXACT if decision.exact else Outcome.HIT,
+                "x-semcache-entry": decision.entry.entry_id,
+                **_similarity(decision.similarity),
+            }
+            outcome = Outcome.EXACT if decision.exact else Outcome.HIT
+            return self._serve_stored(request, decision.entry.response, headers), outcome
         headers = {"x-semcache": Outcome.MISS, **_similarity(decision.best_similarity)}
         if not decision.semantic and decision.fault is None:
             headers["x-semcache-reason"] = "prompt-over-embedder-window"
-        return await self._forward(chat, api_key, headers, remember=(key, decision)), Outcome.MISS
+        if control.lookup and self.flights.in_flight(key.exact):
+            shared = await self.flights.wait(key.exact, timeout_s=self.config.upstream.timeout_s)
+            if shared is not None:
+                coalesced = {"x-semcache": Outcome.EXACT, "x-semcache-reason": "coalesced"}
+                return self._serve_stored(request, shared, coalesced), Outcome.EXACT
+        flight = self.flights.begin(key.exact)
 
-    def _serve_hit(self, hit: Hit) -> Response:
-        self.tasks.spawn(self.engine.record_hit(hit), name="record-hit")
-        headers = {
-            "x-semcache": Outcome.EXACT if hit.exact else Outcome.HIT,
-            "x-semcache-entry": hit.entry.entry_id,
-            **_similarity(hit.similarity),
-        }
-        return JSONResponse(replay_completion(hit.entry.response, now=self.clock()), headers=headers)
+        def on_complete(answer: Mapping[str, Any]) -> None:
+            flight.finish(answer)
+            if control.store:
+                # Stored after the answer is sent: the client never waits for the store.
+                self.tasks.spawn(self._remember(key, decision, request, answer), name="remember")
 
-    async def _forward(
+        response = await self._from_upstream(request, api_key, headers, on_complete=on_complete, on_end=flight.finish)
+        return response, Outcome.MISS
+
+    async def _remember(self, key: CacheKey, miss: Miss, request: CompletionRequest, answer: Mapping[str, Any]) -> None:
+        await self.engine.remember(key, miss, request=dict(request.body), response=answer)
+
+    def _serve_stored(self, request: CompletionRequest, stored: Mapping[str, Any], headers: dict[str, str]) -> Response:
+        body = replay_completion(stored, endpoint=request.endpoint, now=self.clock())
+        if request.stream:
+            return StreamingResponse(_iterate(_replay(request, body)), media_type="text/event-stream", headers=headers)
+        return JSONResponse(body, headers=headers)
+
+    async def _from_upstream(
         self,
-        chat: ChatRequest,
+        request: CompletionRequest,
         api_key: str | None,
         headers: dict[str, str],
         *,
-        remember: tuple[CacheKey, Miss] | None = None,
+        on_complete: OnComplete | None = None,
+        on_end: Callable[[], None] | None = None,
     ) -> Response:
+        """`on_complete` gets the whole answer if it is complete; `on_end` runs once the exchange
+        is over either way (for a stream: when the stream ends, not when this returns)."""
+        streaming = False
         try:
-            answer = await self.upstream.complete(chat.body, api_key=api_key)
+            if request.stream:
+                response = await self._stream_from_upstream(request, api_key, headers, on_complete, on_end)
+                streaming = True
+                return response
+            answer = await self.upstream.complete(request, api_key=api_key)
         except UpstreamError as error:
             self.metrics.upstream_errors.labels(status=str(error.status_code)).inc()
             return error_response(error, headers)
-        if remember is not None and is_complete(answer):
-            key, miss = remember
-            # Stored after the answer is sent: the client never waits for the store.
-            self.tasks.spawn(self.engine.remember(key, miss, request=dict(chat.body), response=answer), name="remember")
+        finally:
+            if on_end is not None and not streaming:
+                on_end()
+        if on_complete is not None and is_complete(answer):
+            on_complete(answer)
         return JSONResponse(answer, headers=headers)
 
-    async def _stream_through(self, chat: ChatRequest, api_key: str | None, *, reason: str) -> Response:
-        headers = {"x-semcache": Outcome.BYPASS, "x-semcache-reason": reason}
+    async def _stream_from_upstream(
+        self,
+        request: CompletionRequest,
+        api_key: str | None,
+        headers: dict[str, str],
+        on_complete: OnComplete | None,
+        on_end: Callable[[], None] | None,
+    ) -> Response:
+        # Ask for the usage chunk even when the client did not, so that a stored answer can replay
+        # it to a later client that does; it is not forwarded to a client that did not ask.
+        body = {**request.body, "stream_options": {**(request.body.get("stream_options") or {}), "include_usage": True}}
+        upstream_request = _with_body(request, body)
+        chunks = await self.upstream.stream(upstream_request, api_key=api_key)
+        return StreamingResponse(
+            self._relay(request, chunks, on_complete, on_end), media_type="text/event-stream", headers=headers
+        )
+
+    async def _relay(
+        self,
+        request: CompletionRequest,
+        chunks: AsyncIterator[Mapping[str, Any]],
+        on_complete: OnComplete | None,
+        on_end: Callable[[], None] | None,
+    ) -> AsyncIterator[bytes]:
+        """Forward each chunk as it arrives while recording it. A stream that breaks, errors or is
+        abandoned by the client never reaches `on_complete`, so it is never stored."""
+        recorder = StreamRecorder(object_type="chat.completion" if request.endpoint == "chat" else "text_completion")
         try:
-            events = await self.upstream.stream(chat.body, api_key=api_key)
+            async for chunk in chunks:
+                recorder.add(chunk)
+                if chunk.get("usage") and not chunk.get("choices") and not request.include_usage:
+                    continue
+                yield encode_sse(chunk)
+            if recorder.complete():
+                yield DONE
+                if on_complete is not None:
+                    on_complete(recorder.completion())
         except UpstreamError as error:
             self.metrics.upstream_errors.labels(status=str(error.status_code)).inc()
+            yield encode_sse(error.body())  # the status line is gone: report in-band, as OpenAI does
+        finally:
+            if on_end is not None:
+                on_end()
+
+    async def forward(self, request: Request) -> Response:
+        """Routes the cache does not handle go to the upstream unchanged."""
+        headers = {"x-semcache": Outcome.BYPASS, "x-semcache-reason": "not-cached-endpoint"}
+        try:
+            body = await read_body(request, limit=self.config.server.max_body_bytes)
+            return await self.passthrough.forward(request, body=body, headers=headers)
+        except ClientFacingError as error:
+            if isinstance(error, UpstreamError):
+                self.metrics.upstream_errors.labels(status=str(error.status_code)).inc()
             return error_response(error, headers)
-        return StreamingResponse(events, media_type="text/event-stream", headers=headers)
 
     async def models(self, request: Request) -> Response:
+        if not self.config.upstream.models:
+            return await self.forward(request)
         data = [
             {"id": model, "object": "model", "created": 0, "owned_by": "semcache"}
             for model in self.config.upstream.models
         ]
         return JSONResponse({"object": "list", "data": data})
+
+
+def _with_body(request: CompletionRequest, body: Mapping[str, Any]) -> CompletionRequest:
+    return replace(request, body=body)
 
 
 async def not_found(request: Request) -> Response:

@@ -15,10 +15,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.wire import ChatRequest, message_text
+from gateway.wire import CompletionRequest
 
 # Transport and bookkeeping fields: they change how an answer is delivered or billed, not what it says.
-_ANSWER_NEUTRAL = frozenset({"messages", "stream", "stream_options", "user", "metadata", "store", "n"})
+_ANSWER_NEUTRAL = frozenset(
+    {"messages", "prompt", "stream", "stream_options", "user", "metadata", "store", "n", "cache"}
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -51,23 +53,17 @@ def _digest(value: Any) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def cache_key(request: ChatRequest, *, tenant: str) -> CacheKey | Uncacheable:
-    if request.n > 1:
-        return Uncacheable(reason="n>1")
-    last = request.messages[-1]
-    if last.get("role") != "user":
-        return Uncacheable(reason="last-message-not-user")
-    prompt = message_text(last)
-    if prompt is None:
-        return Uncacheable(reason="non-text-prompt")
+def cache_key(request: CompletionRequest, *, tenant: str) -> CacheKey | Uncacheable:
+    if request.uncacheable is not None or request.prompt is None:
+        return Uncacheable(reason=request.uncacheable or "no-prompt")
     parameters = {name: value for name, value in request.body.items() if name not in _ANSWER_NEUTRAL}
     scope = _digest(
         {
             "tenant": tenant,
+            "endpoint": request.endpoint,
             "parameters": parameters,  # includes "model"
-            "context": list(request.messages[:-1]),
-            "last_message_extras": {k: v for k, v in last.items() if k not in ("role", "content")},
+            "context": list(request.context),
         }
     )
-    normalized = normalize_prompt(prompt)
+    normalized = normalize_prompt(request.prompt)
     return CacheKey(scope=scope, exact=_digest([scope, normalized]), prompt=normalized)

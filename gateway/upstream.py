@@ -9,18 +9,20 @@ from typing import Any, Protocol, runtime_checkable
 
 from gateway.config import UpstreamConfig
 from gateway.errors import UpstreamError
-from gateway.wire import encode_sse
+from gateway.wire import CompletionRequest
+
+Chunk = Mapping[str, Any]
 
 
 @runtime_checkable
 class Upstream(Protocol):
-    async def complete(self, body: Mapping[str, Any], *, api_key: str | None) -> dict[str, Any]:
-        """A non-streaming chat completion as an OpenAI response body, or raise `UpstreamError`."""
+    async def complete(self, request: CompletionRequest, *, api_key: str | None) -> dict[str, Any]:
+        """A non-streaming completion as an OpenAI response body, or raise `UpstreamError`."""
         ...
 
-    async def stream(self, body: Mapping[str, Any], *, api_key: str | None) -> AsyncIterator[bytes]:
-        """Open a streaming completion (raising `UpstreamError` before the first byte if refused) and
-        return its SSE events, ending with `data: [DONE]`."""
+    async def stream(self, request: CompletionRequest, *, api_key: str | None) -> AsyncIterator[Chunk]:
+        """Open a streaming completion, raising `UpstreamError` if it is refused, and return its
+        chunks; a stream that fails part-way raises `UpstreamError` from the iterator."""
         ...
 
 
@@ -37,7 +39,7 @@ def import_litellm() -> Any:
     return litellm
 
 
-_NOT_FORWARDED = frozenset({"model", "messages", "stream", "cache"})
+_NOT_FORWARDED = frozenset({"model", "messages", "prompt", "stream", "cache"})
 
 
 def _clean_message(value: Any) -> Any:
@@ -77,12 +79,11 @@ class LiteLLMUpstream:
         self._config = config
         self._litellm = import_litellm()
 
-    def _arguments(self, body: Mapping[str, Any], api_key: str | None, *, stream: bool) -> dict[str, Any]:
-        extra = {name: value for name, value in body.items() if name not in _NOT_FORWARDED}
+    def _arguments(self, request: CompletionRequest, api_key: str | None, *, stream: bool) -> dict[str, Any]:
+        extra = {name: value for name, value in request.body.items() if name not in _NOT_FORWARDED}
         return {
             **extra,
-            "model": f"{self._config.provider}/{body['model']}",
-            "messages": body["messages"],
+            "model": f"{self._config.provider}/{request.model}",
             "api_base": self._config.api_base,
             # Local servers (vLLM, Ollama) accept any key; the OpenAI client refuses none at all.
             "api_key": self._config.api_key or api_key or "no-key",
@@ -98,28 +99,29 @@ class LiteLLMUpstream:
 
         await GLOBAL_LOGGING_WORKER.stop(discard_pending=True, timeout=5.0)
 
-    async def complete(self, body: Mapping[str, Any], *, api_key: str | None) -> dict[str, Any]:
+    async def _call(self, request: CompletionRequest, arguments: dict[str, Any]) -> Any:
+        if request.endpoint == "chat":
+            return await self._litellm.acompletion(messages=request.body["messages"], **arguments)
+        return await self._litellm.atext_completion(prompt=request.body["prompt"], **arguments)
+
+    async def complete(self, request: CompletionRequest, *, api_key: str | None) -> dict[str, Any]:
         try:
-            response = await self._litellm.acompletion(**self._arguments(body, api_key, stream=False))
+            response = await self._call(request, self._arguments(request, api_key, stream=False))
         except Exception as exc:  # litellm's exception tree, translated at this one boundary
             raise translate_error(exc) from exc
         result: dict[str, Any] = _clean_message(response.model_dump(exclude_none=True))
         return result
 
-    async def stream(self, body: Mapping[str, Any], *, api_key: str | None) -> AsyncIterator[bytes]:
+    async def stream(self, request: CompletionRequest, *, api_key: str | None) -> AsyncIterator[Chunk]:
         try:
-            chunks = await self._litellm.acompletion(**self._arguments(body, api_key, stream=True))
+            chunks = await self._call(request, self._arguments(request, api_key, stream=True))
         except Exception as exc:
             raise translate_error(exc) from exc
-        return self._events(chunks)
+        return self._chunks(chunks)
 
-    async def _events(self, chunks: Any) -> AsyncIterator[bytes]:
+    async def _chunks(self, chunks: Any) -> AsyncIterator[Chunk]:
         try:
             async for chunk in chunks:
-                yield encode_sse(_clean_message(chunk.model_dump(exclude_none=True)))
-        except Exception as exc:
-            # The status line is gone already: report the failure in-band, as OpenAI does.
-            error = translate_error(exc)
-            yield encode_sse(error.body())
-            return
-        yield encode_sse("[DONE]")
+                yield _clean_message(chunk.model_dump(exclude_none=True))
+        except Exception as exc:  # includes litellm's error for a stream cut before its finish_reason
+            raise translate_error(exc) from exc

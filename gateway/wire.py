@@ -6,23 +6,34 @@ import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from gateway.errors import InvalidRequest
+
+Endpoint = Literal["chat", "text"]
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 COMPLETE_FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "function_call"})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class ChatRequest:
-    """A validated chat completion request; `body` is forwarded upstream as the client sent it."""
+class CompletionRequest:
+    """A validated chat or legacy text completion request.
 
+    `body` is forwarded upstream as the client sent it (less the gateway's own `cache` object).
+    `prompt` is the text compared by meaning, `context` what came before it (system prompt,
+    earlier turns); `uncacheable` says why the request may not be served from or stored in cache.
+    """
+
+    endpoint: Endpoint
     body: Mapping[str, Any]
     model: str
-    messages: tuple[Mapping[str, Any], ...]
     stream: bool
+    include_usage: bool
     n: int
+    prompt: str | None
+    context: tuple[Any, ...]
+    uncacheable: str | None
 
 
 def parse_json(raw: bytes) -> Any:
@@ -76,21 +87,19 @@ def _check_message(index: int, message: Any) -> None:
         )
 
 
-def parse_chat_request(data: Any) -> ChatRequest:
-    """Validate the parts the gateway relies on; the upstream judges the rest."""
+def _check_common(data: Any) -> tuple[str, bool, int, bool]:
+    """Fields both endpoints share: model, stream, sampling parameters."""
     if not isinstance(data, dict):
         raise InvalidRequest("request body must be a JSON object")
     model = data.get("model")
     if not isinstance(model, str) or not model:
         raise InvalidRequest("'model' is required and must be a non-empty string", param="model")
-    messages = data.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise InvalidRequest("'messages' is required and must be a non-empty array", param="messages")
-    for index, message in enumerate(messages):
-        _check_message(index, message)
     stream = data.get("stream", False)
     if stream is not None and not isinstance(stream, bool):
         raise InvalidRequest(f"'stream' must be a boolean, got {stream!r}", param="stream")
+    stream_options = data.get("stream_options")
+    if stream_options is not None and not isinstance(stream_options, dict):
+        raise InvalidRequest("'stream_options' must be an object", param="stream_options")
     _number(data, "temperature", 0, 2)
     _number(data, "top_p", 0, 1)
     _positive_int(data, "n")
@@ -104,15 +113,71 @@ def parse_chat_request(data: Any) -> ChatRequest:
     )
     if not stop_ok:
         raise InvalidRequest("'stop' must be a string or an array of strings", param="stop")
+    include_usage = bool(stream and (stream_options or {}).get("include_usage"))
+    return model, bool(stream), data.get("n") or 1, include_usage
+
+
+def parse_chat_request(data: Any) -> CompletionRequest:
+    """Validate the parts the gateway relies on; the upstream judges the rest."""
+    model, stream, n, include_usage = _check_common(data)
+    messages = data.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise InvalidRequest("'messages' is required and must be a non-empty array", param="messages")
+    for index, message in enumerate(messages):
+        _check_message(index, message)
     tools = data.get("tools")
     if tools is not None and not isinstance(tools, list):
         raise InvalidRequest("'tools' must be an array", param="tools")
-    return ChatRequest(
+    last = messages[-1]
+    prompt = message_text(last) if last.get("role") == "user" else None
+    uncacheable = None
+    if n > 1:
+        uncacheable = "n>1"
+    elif last.get("role") != "user":
+        uncacheable = "last-message-not-user"
+    elif prompt is None:
+        uncacheable = "non-text-prompt"
+    extras = {key: value for key, value in last.items() if key not in ("role", "content")}
+    return CompletionRequest(
+        endpoint="chat",
         body=data,
         model=model,
-        messages=tuple(messages),
-        stream=bool(stream),
-        n=data.get("n") or 1,
+        stream=stream,
+        include_usage=include_usage,
+        n=n,
+        prompt=prompt,
+        # A name or other field on the last message changes the question, so it joins the context.
+        context=(*messages[:-1], {"last_message_fields": extras}) if extras else tuple(messages[:-1]),
+        uncacheable=uncacheable,
+    )
+
+
+def parse_text_request(data: Any) -> CompletionRequest:
+    """A legacy /v1/completions request: one string prompt is cacheable; batches pass through."""
+    model, stream, n, include_usage = _check_common(data)
+    prompt = data.get("prompt")
+    valid = isinstance(prompt, str) or (
+        isinstance(prompt, list) and bool(prompt) and all(isinstance(item, str | int) for item in prompt)
+    )
+    if not valid:
+        raise InvalidRequest("'prompt' is required and must be a string or an array", param="prompt")
+    uncacheable = None
+    if n > 1:
+        uncacheable = "n>1"
+    elif not isinstance(prompt, str):
+        uncacheable = "batch-or-token-prompt"
+    elif data.get("suffix") is not None or data.get("echo"):
+        uncacheable = "suffix-or-echo"
+    return CompletionRequest(
+        endpoint="text",
+        body=data,
+        model=model,
+        stream=stream,
+        include_usage=include_usage,
+        n=n,
+        prompt=prompt if isinstance(prompt, str) else None,
+        context=(),
+        uncacheable=uncacheable,
     )
 
 
@@ -136,9 +201,10 @@ def is_complete(response: Mapping[str, Any]) -> bool:
     )
 
 
-def replay_completion(stored: Mapping[str, Any], *, now: float) -> dict[str, Any]:
+def replay_completion(stored: Mapping[str, Any], *, endpoint: Endpoint, now: float) -> dict[str, Any]:
     """The stored answer under a fresh id and timestamp; `usage` stays so token accounting adds up."""
-    return {**stored, "id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(now)}
+    prefix = "chatcmpl" if endpoint == "chat" else "cmpl"
+    return {**stored, "id": f"{prefix}-{uuid.uuid4().hex}", "created": int(now)}
 
 
 def error_body(message: str, *, error_type: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
