@@ -32,6 +32,7 @@ class Faults:
     stall_s: float = 0.0
     truncate_stream: bool = False
     finish_reason: str = "stop"
+    chunk_delay_s: float = 0.0
     times: int = -1
 
 
@@ -126,6 +127,7 @@ def create_upstream_app(state: UpstreamState | None = None) -> Starlette:
                     finish_reason=finish_reason,
                     include_usage=include_usage,
                     truncate=faults.truncate_stream,
+                    chunk_delay_s=faults.chunk_delay_s,
                 ),
                 media_type="text/event-stream",
             )
@@ -249,6 +251,7 @@ async def _stream(
     finish_reason: str,
     include_usage: bool,
     truncate: bool,
+    chunk_delay_s: float = 0.0,
 ) -> AsyncIterator[bytes]:
     def chunk(delta: dict[str, Any], finish: str | None) -> bytes:
         payload = {
@@ -270,7 +273,7 @@ async def _stream(
             if truncate and i >= len(words) // 2:
                 return  # the connection ends with neither a finish_reason nor [DONE]
             yield chunk({"content": word if i == 0 else f" {word}"}, None)
-            await asyncio.sleep(0)
+            await asyncio.sleep(chunk_delay_s)
     yield chunk({}, finish_reason)
     if include_usage:
         usage = {

@@ -200,15 +200,15 @@ class Proxy:
                 streaming = True
                 return response
             answer = await self.upstream.complete(request, api_key=api_key)
+            if on_complete is not None and is_complete(answer):
+                on_complete(answer)
+            return JSONResponse(answer, headers=headers)
         except UpstreamError as error:
             self.metrics.upstream_errors.labels(status=str(error.status_code)).inc()
             return error_response(error, headers)
         finally:
             if on_end is not None and not streaming:
                 on_end()
-        if on_complete is not None and is_complete(answer):
-            on_complete(answer)
-        return JSONResponse(answer, headers=headers)
 
     async def _stream_from_upstream(
         self,

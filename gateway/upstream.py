@@ -122,6 +122,9 @@ class LiteLLMUpstream:
     async def _chunks(self, chunks: Any) -> AsyncIterator[Chunk]:
         try:
             async for chunk in chunks:
-                yield _clean_message(chunk.model_dump(exclude_none=True))
+                event = _clean_message(chunk.model_dump(exclude_none=True))
+                for choice in event.get("choices") or ():
+                    choice.setdefault("finish_reason", None)  # OpenAI sends the key, null until the end
+                yield event
         except Exception as exc:  # includes litellm's error for a stream cut before its finish_reason
             raise translate_error(exc) from exc

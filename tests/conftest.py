@@ -3,6 +3,7 @@ each a real server on a free loopback port."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, replace
@@ -65,6 +66,20 @@ class Gateway:
 
     def http(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=30)
+
+    def metric(self, name: str) -> float:
+        """A counter's value from /metrics (0 when it was never incremented)."""
+        text = httpx.get(f"{self.url}/metrics").text
+        values = [float(line.split()[-1]) for line in text.splitlines() if line.startswith(name)]
+        return sum(values)
+
+    def wait_until_stored(self, count: int, *, timeout_s: float = 30.0) -> None:
+        """Answers are stored in the background after the response: poll the counter."""
+        deadline = time.monotonic() + timeout_s
+        while self.metric("semcache_stored_total") < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"fewer than {count} answers were stored")
+            time.sleep(0.01)
 
 
 GatewayFactory = Callable[..., AbstractContextManager[Gateway]]

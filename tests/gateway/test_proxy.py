@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
 import openai
 import pytest
 
@@ -27,25 +26,10 @@ def ask(
     return raw.headers["x-semcache"], dict(raw.headers), completion.choices[0].message.content
 
 
-def wait_until_stored(gateway: Gateway, count: int) -> None:
-    """Answers are stored in the background after the response: poll the metric, not a timer."""
-    with gateway.http() as http:
-        for _ in range(500):
-            metrics = http.get("/metrics").text
-            stored = next(
-                (float(line.split()[-1]) for line in metrics.splitlines() if line.startswith("semcache_stored_total")),
-                0.0,
-            )
-            if stored >= count:
-                return
-            httpx.get(f"{gateway.url}/healthz")  # yields to the server thread between polls
-    raise AssertionError(f"fewer than {count} answers were stored")
-
-
 def test_miss_then_paraphrase_hit_serves_the_stored_answer(gateway: Gateway, upstream: Upstream) -> None:
     outcome, headers, first = ask(gateway, QUESTION)
     assert outcome == "miss"
-    wait_until_stored(gateway, 1)
+    gateway.wait_until_stored(1)
 
     outcome, headers, second = ask(gateway, PARAPHRASE)
 
@@ -60,7 +44,7 @@ def test_miss_then_paraphrase_hit_serves_the_stored_answer(gateway: Gateway, ups
 def test_hit_has_fresh_id_and_original_usage(gateway: Gateway) -> None:
     client = gateway.client()
     first = client.chat.completions.create(model="sim-large", messages=[{"role": "user", "content": QUESTION}])
-    wait_until_stored(gateway, 1)
+    gateway.wait_until_stored(1)
     second = client.chat.completions.create(model="sim-large", messages=[{"role": "user", "content": QUESTION}])
     assert second.id != first.id
     assert second.usage == first.usage
@@ -69,7 +53,7 @@ def test_hit_has_fresh_id_and_original_usage(gateway: Gateway) -> None:
 
 def test_unrelated_prompt_misses(gateway: Gateway, upstream: Upstream) -> None:
     ask(gateway, QUESTION)
-    wait_until_stored(gateway, 1)
+    gateway.wait_until_stored(1)
 
     outcome, headers, answer = ask(gateway, UNRELATED)
 
@@ -81,7 +65,7 @@ def test_unrelated_prompt_misses(gateway: Gateway, upstream: Upstream) -> None:
 
 def test_exact_hit_skips_the_embedder(gateway: Gateway, embedder: CountingEmbedder, upstream: Upstream) -> None:
     ask(gateway, QUESTION)
-    wait_until_stored(gateway, 1)
+    gateway.wait_until_stored(1)
     embedded_before = len(embedder.texts)
 
     outcome, _, _ = ask(gateway, "  How do I reverse a list   in Python? ")
@@ -126,7 +110,7 @@ def test_exact_hit_skips_the_embedder(gateway: Gateway, embedder: CountingEmbedd
 )
 def test_answers_never_cross_scopes(gateway: Gateway, upstream: Upstream, label: str, variant: dict[str, Any]) -> None:
     ask(gateway, QUESTION, temperature=0.2)
-    wait_until_stored(gateway, 1)
+    gateway.wait_until_stored(1)
     params: dict[str, Any] = {"temperature": 0.2, **variant}
 
     outcome, _, _ = ask(gateway, QUESTION, **params)
@@ -143,14 +127,14 @@ def test_tenants_listed_in_config_share_their_cache(
     shared = {key_digest("sk-alice"): "team-a", key_digest("sk-bob"): "team-a"}
     with start_gateway(tenant_by_key_sha256=shared) as gateway:
         ask(gateway, QUESTION, api_key="sk-alice")
-        wait_until_stored(gateway, 1)
+        gateway.wait_until_stored(1)
         assert ask(gateway, QUESTION, api_key="sk-bob")[0] == "exact"
         assert ask(gateway, QUESTION, api_key="sk-mallory")[0] == "miss"
 
 
 def test_expired_entries_are_never_served(gateway: Gateway, clock: FakeClock, upstream: Upstream) -> None:
     ask(gateway, QUESTION)
-    wait_until_stored(gateway, 1)
+    gateway.wait_until_stored(1)
     clock.advance(3599)
     assert ask(gateway, PARAPHRASE)[0] == "hit"
 
@@ -165,7 +149,7 @@ def test_expired_entries_are_never_served(gateway: Gateway, clock: FakeClock, up
 def test_entries_survive_a_restart(start_gateway: GatewayFactory, upstream: Upstream) -> None:
     with start_gateway() as gateway:
         ask(gateway, QUESTION)
-        wait_until_stored(gateway, 1)
+        gateway.wait_until_stored(1)
 
     with start_gateway() as restarted:
         assert ask(restarted, QUESTION)[0] == "exact"
@@ -207,7 +191,7 @@ def test_truncated_answers_with_finish_reason_content_filter_are_not_stored(
     upstream.set_faults(finish_reason="content_filter", times=1)
     ask(gateway, QUESTION)
     assert ask(gateway, QUESTION)[0] == "miss"
-    wait_until_stored(gateway, 1)  # only the second, complete answer
+    gateway.wait_until_stored(1)  # only the second, complete answer
     assert ask(gateway, QUESTION)[0] == "exact"
 
 
@@ -320,12 +304,11 @@ def test_prompt_longer_than_the_embedder_window_is_exact_match_only(gateway: Gat
     outcome, headers, _ = ask(gateway, long_prompt)
     assert outcome == "miss"
     assert headers["x-semcache-reason"] == "prompt-over-embedder-window"
-    wait_until_stored(gateway, 1)
+    gateway.wait_until_stored(1)
 
     assert ask(gateway, other_long_prompt)[0] == "miss"  # the same first 256 tokens: no semantic hit
     assert ask(gateway, long_prompt)[0] == "exact"
     assert len(upstream.state.received) == 2
-
 
 
 def test_semantic_threshold_comes_from_config(start_gateway: GatewayFactory, gateway_config: GatewayConfig) -> None:
@@ -334,7 +317,7 @@ def test_semantic_threshold_comes_from_config(start_gateway: GatewayFactory, gat
     strict = replace(gateway_config.cache, similarity_threshold=0.999)
     with start_gateway(cache=strict) as gateway:
         ask(gateway, QUESTION)
-        wait_until_stored(gateway, 1)
+        gateway.wait_until_stored(1)
         outcome, headers, _ = ask(gateway, PARAPHRASE)
     assert outcome == "miss"
     assert 0.85 < float(headers["x-semcache-similarity"]) < 0.999
@@ -344,7 +327,7 @@ def test_store_holds_the_answer_with_scope_and_expiry(gateway: Gateway, clock: F
     import sqlite3
 
     ask(gateway, QUESTION)
-    wait_until_stored(gateway, 1)
+    gateway.wait_until_stored(1)
     cache: CacheConfig = gateway.config.cache
     with sqlite3.connect(cache.store.path) as db:
         rows = db.execute("SELECT prompt, created_at, expires_at, embedding IS NOT NULL FROM entries").fetchall()
