@@ -18,6 +18,7 @@ from gateway.index import IndexItem, VectorIndex
 from gateway.metrics import Metrics
 from gateway.scope import CacheKey
 from gateway.stores import CacheEntry, Store
+from policies.verifier import Verifier
 
 logger = logging.getLogger("semcache.engine")
 
@@ -69,7 +70,9 @@ class CacheEngine:
         settings: LookupSettings,
         metrics: Metrics,
         clock: Clock,
+        verifier: Verifier | None = None,
     ) -> None:
+        self._verifier = verifier
         self._store = store
         self._index = index
         self._batcher = batcher
@@ -114,22 +117,31 @@ class CacheEngine:
             return Miss(vector=None, best_similarity=None, semantic=False)
         if not search:
             return Miss(vector=embedded.vector, best_similarity=None, semantic=True)
-        threshold = max(threshold or 0.0, self._settings.similarity_threshold)
+        # Without a verifier the threshold decides; with one, candidates from its floor up are
+        # judged by it, even above the threshold: the classic false hits sit at high similarity.
+        # A per-request threshold can only make either stricter.
+        floor = self._settings.similarity_threshold if self._verifier is None else self._verifier.floor
+        floor = max(floor, threshold or 0.0)
         try:
-            return await self._search(key, embedded.vector, now, threshold=threshold, oldest=oldest)
+            return await self._search(key, embedded.vector, now, floor=floor, oldest=oldest)
         except Exception as exc:  # fail-open boundary
             self._fault("search", exc)
             return Miss(vector=embedded.vector, best_similarity=None, semantic=True, fault="search")
 
-    async def _search(self, key: CacheKey, vector: Vector, now: float, *, threshold: float, oldest: float) -> Decision:
+    async def _search(self, key: CacheKey, vector: Vector, now: float, *, floor: float, oldest: float) -> Decision:
         matches = await self._index.search(vector, scope=key.scope, k=self._settings.search_k)
         fresh = [match for match in matches if match.expires_at > now and match.created_at >= oldest]
         best = fresh[0].similarity if fresh else None
+        verifier = self._verifier
         for match in fresh:
-            if match.similarity < threshold:
+            if match.similarity < floor:
                 break
             entry = await self._store.get(match.entry_id, now=now)
-            if entry is not None:
+            if entry is None:
+                continue
+            if verifier is None or verifier.accepts(
+                query=key.prompt, candidate=entry.prompt, similarity=match.similarity
+            ):
                 return Hit(entry=entry, similarity=match.similarity, exact=False)
         return Miss(vector=vector, best_similarity=best, semantic=True)
 
