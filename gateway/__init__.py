@@ -1,0 +1,30 @@
+"""semcache: a semantic cache gateway for OpenAI-compatible LLM APIs.
+
+Three ways in: the proxy (`semcache serve`, or `create_app(config)` under any ASGI server), the
+library (`SemanticCache`), and the ASGI middleware (`SemanticCacheMiddleware`).
+"""
+
+from gateway.app import create_app
+from gateway.cache_control import CacheControl
+from gateway.config import GatewayConfig, load_config, parse_config, resolve_secrets
+from gateway.errors import ClientFacingError, ConfigError, GatewayError, InvalidRequest, UpstreamError
+from gateway.semantic_cache import CacheHit, CacheMiss, Lookup, NotCacheable, SemanticCache
+
+__all__ = [
+    "CacheControl",
+    "CacheHit",
+    "CacheMiss",
+    "ClientFacingError",
+    "ConfigError",
+    "GatewayConfig",
+    "GatewayError",
+    "InvalidRequest",
+    "Lookup",
+    "NotCacheable",
+    "SemanticCache",
+    "UpstreamError",
+    "create_app",
+    "load_config",
+    "parse_config",
+    "resolve_secrets",
+]

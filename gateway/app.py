@@ -16,30 +16,20 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from embeddings import BatcherConfig, Embedder, EmbeddingBatcher, SentenceTransformerEmbedder
+from embeddings import Embedder
 from gateway.config import GatewayConfig
-from gateway.engine import CacheEngine, Clock, LookupSettings
+from gateway.engine import Clock
 from gateway.errors import ClientFacingError, MethodNotAllowed, ServiceUnavailable
-from gateway.index import VectorIndex
 from gateway.metrics import Metrics
 from gateway.passthrough import Passthrough
 from gateway.proxy import Proxy, error_response, not_found
+from gateway.semantic_cache import SemanticCache
 from gateway.singleflight import SingleFlight
-from gateway.stores import SqliteStore, Store
-from gateway.tasks import TaskTracker
+from gateway.stores import Store
 from gateway.upstream import LiteLLMUpstream, Upstream
+from policies.verifier import Verifier
 
 logger = logging.getLogger("semcache.app")
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Parts:
-    """Parts passed to `create_app` are used as they are and stay the caller's to close; the rest
-    is built from the config in the lifespan and closed there."""
-
-    embedder: Embedder | None = None
-    store: Store | None = None
-    upstream: Upstream | None = None
 
 
 @dataclass(slots=True)
@@ -54,71 +44,24 @@ class _Runtime:
         return self.proxy
 
 
-async def _purge_periodically(engine: CacheEngine, interval_s: float) -> None:
-    while True:
-        await asyncio.sleep(interval_s)
-        try:
-            purged = await engine.purge_expired()
-        except Exception as exc:  # fail-open boundary: the next round tries again
-            logger.warning("purging expired entries failed: %s", exc)
-            continue
-        if purged:
-            logger.info("purged %d expired entries", purged)
-
-
 async def _open(
-    stack: contextlib.AsyncExitStack, config: GatewayConfig, parts: Parts, metrics: Metrics, clock: Clock
+    stack: contextlib.AsyncExitStack,
+    config: GatewayConfig,
+    cache: SemanticCache,
+    upstream: Upstream | None,
+    clock: Clock,
 ) -> Proxy:
-    # Model loading and the litellm import take seconds: off the event loop.
-    embedder = parts.embedder
-    if embedder is None:
-        embedder = await asyncio.to_thread(
-            SentenceTransformerEmbedder, config.embedding.model, threads=config.embedding.threads
-        )
-    store = parts.store
-    if store is None:
-        store = await stack.enter_async_context(SqliteStore(config.cache.store.path))
-    upstream = parts.upstream
+    await stack.enter_async_context(cache)
     if upstream is None:
+        # The litellm import takes seconds: off the event loop.
         litellm_upstream = await asyncio.to_thread(LiteLLMUpstream, config.upstream)
         stack.push_async_callback(litellm_upstream.aclose)
         upstream = litellm_upstream
     passthrough = await stack.enter_async_context(Passthrough(config.upstream))
-    batching = config.embedding
-    batcher = await stack.enter_async_context(
-        EmbeddingBatcher(
-            embedder,
-            BatcherConfig(
-                max_batch=batching.max_batch,
-                max_wait_ms=batching.max_wait_ms,
-                max_queue=batching.max_queue,
-                deadline_ms=batching.deadline_ms,
-            ),
-        )
-    )
-    index = VectorIndex(embedder.dimension)
-    stack.callback(index.close)
-    settings = LookupSettings(
-        similarity_threshold=config.cache.similarity_threshold, ttl_s=config.cache.ttl_s, search_k=config.cache.search_k
-    )
-    engine = CacheEngine(store=store, index=index, batcher=batcher, settings=settings, metrics=metrics, clock=clock)
-    try:
-        logger.info("index rebuilt with %d entries", await engine.rebuild_index())
-    except Exception:  # fail-open boundary: start with an empty index, serve traffic
-        metrics.fail_open.labels(stage="rebuild").inc()
-        logger.exception("could not rebuild the index from the store")
-    tasks = TaskTracker()
-    # Registered after the store and batcher, so it runs before they close.
-    stack.push_async_callback(tasks.drain, timeout_s=30.0)
-    purger = asyncio.create_task(_purge_periodically(engine, config.cache.cleanup_interval_s))
-    stack.callback(purger.cancel)
     return Proxy(
-        config=config,
-        engine=engine,
+        cache=cache,
         upstream=upstream,
         passthrough=passthrough,
-        metrics=metrics,
-        tasks=tasks,
         flights=SingleFlight(max_lifetime_s=config.upstream.timeout_s),
         clock=clock,
     )
@@ -130,16 +73,19 @@ def create_app(
     embedder: Embedder | None = None,
     store: Store | None = None,
     upstream: Upstream | None = None,
+    verifier: Verifier | None = None,
     clock: Clock = time.time,
 ) -> Starlette:
+    """Parts passed in (embedder, store, upstream) are used as they are and stay the caller's to
+    close; the rest is built from `config` in the lifespan and closed there."""
     runtime = _Runtime()
     metrics = Metrics()
-    parts = Parts(embedder=embedder, store=store, upstream=upstream)
+    cache = SemanticCache(config, embedder=embedder, store=store, verifier=verifier, clock=clock, metrics=metrics)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
-            runtime.proxy = await _open(stack, config, parts, metrics, clock)
+            runtime.proxy = await _open(stack, config, cache, upstream, clock)
             try:
                 yield
             finally:
@@ -162,7 +108,7 @@ def create_app(
         if proxy is None:
             return JSONResponse({"status": "starting"}, status_code=503)
         try:
-            await proxy.engine.store.ping()
+            await proxy.cache.engine.store.ping()
         except Exception as exc:  # readiness reports the fault instead of raising it
             return JSONResponse({"status": "store unavailable", "detail": str(exc)}, status_code=503)
         return JSONResponse({"status": "ready"})

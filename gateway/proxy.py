@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from gateway.cache_control import CacheControl, parse_cache_control
 from gateway.config import GatewayConfig
-from gateway.engine import CacheEngine, Clock, Hit, Miss, Outcome
+from gateway.engine import Clock, Outcome
 from gateway.errors import (
     ClientFacingError,
     InvalidRequest,
@@ -24,10 +24,9 @@ from gateway.errors import (
 )
 from gateway.metrics import Metrics
 from gateway.passthrough import Passthrough
-from gateway.scope import CacheKey, cache_key, tenant_for
+from gateway.semantic_cache import CacheHit, NotCacheable, SemanticCache
 from gateway.singleflight import SingleFlight
 from gateway.streams import DONE, StreamRecorder, replay_chat_stream, replay_text_stream
-from gateway.tasks import TaskTracker
 from gateway.upstream import Upstream
 from gateway.wire import (
     CompletionRequest,
@@ -87,14 +86,19 @@ async def _iterate(events: Iterator[bytes]) -> AsyncIterator[bytes]:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Proxy:
-    config: GatewayConfig
-    engine: CacheEngine
+    cache: SemanticCache
     upstream: Upstream
     passthrough: Passthrough
-    metrics: Metrics
-    tasks: TaskTracker
     flights: SingleFlight
     clock: Clock
+
+    @property
+    def config(self) -> GatewayConfig:
+        return self.cache.config
+
+    @property
+    def metrics(self) -> Metrics:
+        return self.cache.metrics
 
     async def chat_completions(self, request: Request) -> Response:
         return await self._completion(request, parse_chat_request)
@@ -126,7 +130,7 @@ class Proxy:
             )
 
     def _check_threshold(self, control: CacheControl) -> None:
-        configured = self.engine.settings.similarity_threshold
+        configured = self.cache.engine.settings.similarity_threshold
         if control.threshold is not None and control.threshold < configured:
             raise InvalidRequest(
                 f"a per-request threshold may only be stricter than the policy's {configured:g}, "
@@ -138,49 +142,44 @@ class Proxy:
     async def _answer(
         self, request: CompletionRequest, control: CacheControl, api_key: str | None
     ) -> tuple[Response, str]:
-        key = cache_key(request, tenant=tenant_for(api_key, self.config.tenant_by_key_sha256))
-        if not isinstance(key, CacheKey):
-            headers = {"x-semcache": Outcome.BYPASS, "x-semcache-reason": key.reason}
+        found = await self.cache.lookup(request, api_key=api_key, control=control)
+        if isinstance(found, NotCacheable):
+            headers = {"x-semcache": Outcome.BYPASS, "x-semcache-reason": found.reason}
             return await self._from_upstream(request, api_key, headers), Outcome.BYPASS
-        decision = await self.engine.lookup(
-            key, threshold=control.threshold, max_age_s=control.max_age_s, search=control.lookup
-        )
-        if isinstance(decision, Hit):
-            self.tasks.spawn(self.engine.record_hit(decision), name="record-hit")
+        if isinstance(found, CacheHit):
             headers = {
-                "x-semcache": Outcome.EXACT if decision.exact else Outcome.HIT,
-                "x-semcache-entry": decision.entry.entry_id,
-                **_similarity(decision.similarity),
+                "x-semcache": found.outcome,
+                "x-semcache-entry": found.entry_id,
+                **_similarity(found.similarity),
             }
-            outcome = Outcome.EXACT if decision.exact else Outcome.HIT
-            return self._serve_stored(request, decision.entry.response, headers), outcome
-        headers = {"x-semcache": Outcome.MISS, **_similarity(decision.best_similarity)}
-        if not decision.semantic and decision.fault is None:
-            headers["x-semcache-reason"] = "prompt-over-embedder-window"
-        if control.lookup and self.flights.in_flight(key.exact):
-            shared = await self.flights.wait(key.exact, timeout_s=self.config.upstream.timeout_s)
+            return self._serve_stored(request, found.answer, headers), found.outcome
+        headers = {"x-semcache": Outcome.MISS, **_similarity(found.best_similarity)}
+        if found.reason is not None:
+            headers["x-semcache-reason"] = found.reason
+        exact_key = found.key.exact
+        if control.lookup and self.flights.in_flight(exact_key):
+            shared = await self.flights.wait(exact_key, timeout_s=self.config.upstream.timeout_s)
             if shared is not None:
                 coalesced = {"x-semcache": Outcome.EXACT, "x-semcache-reason": "coalesced"}
-                return self._serve_stored(request, shared, coalesced), Outcome.EXACT
-        flight = self.flights.begin(key.exact)
+                answer = replay_completion(shared, endpoint=request.endpoint, now=self.clock())
+                return self._serve_stored(request, answer, coalesced), Outcome.EXACT
+        flight = self.flights.begin(exact_key)
 
         def on_complete(answer: Mapping[str, Any]) -> None:
             flight.finish(answer)
             if control.store:
                 # Stored after the answer is sent: the client never waits for the store.
-                self.tasks.spawn(self._remember(key, decision, request, answer), name="remember")
+                self.cache.remember_later(found, answer)
 
         response = await self._from_upstream(request, api_key, headers, on_complete=on_complete, on_end=flight.finish)
         return response, Outcome.MISS
 
-    async def _remember(self, key: CacheKey, miss: Miss, request: CompletionRequest, answer: Mapping[str, Any]) -> None:
-        await self.engine.remember(key, miss, request=dict(request.body), response=answer)
-
-    def _serve_stored(self, request: CompletionRequest, stored: Mapping[str, Any], headers: dict[str, str]) -> Response:
-        body = replay_completion(stored, endpoint=request.endpoint, now=self.clock())
+    def _serve_stored(self, request: CompletionRequest, answer: Mapping[str, Any], headers: dict[str, str]) -> Response:
         if request.stream:
-            return StreamingResponse(_iterate(_replay(request, body)), media_type="text/event-stream", headers=headers)
-        return JSONResponse(body, headers=headers)
+            return StreamingResponse(
+                _iterate(_replay(request, answer)), media_type="text/event-stream", headers=headers
+            )
+        return JSONResponse(answer, headers=headers)
 
     async def _from_upstream(
         self,
