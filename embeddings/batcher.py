@@ -64,7 +64,8 @@ class EmbeddingBatcher:
             pending = self._queue.get_nowait()
             if not pending.future.done():
                 pending.future.set_exception(EmbedderFailed("embedder is shutting down"))
-        self._executor.shutdown(wait=True)
+        # Waits for a model call in progress; on a thread so the event loop keeps serving meanwhile.
+        await asyncio.to_thread(self._executor.shutdown, wait=True)
 
     async def embed(self, text: str, *, deadline_ms: float | None = None) -> EmbeddedText:
         """Embed one text, or raise an `EmbedderError` (overloaded, timed out, failed)."""
@@ -104,21 +105,29 @@ class EmbeddingBatcher:
                 except TimeoutError:
                     break
             live = [pending for pending in batch if not pending.future.done()]
-            if not live:
-                continue
-            try:
-                results = await loop.run_in_executor(
-                    self._executor, self._embedder.embed, [pending.text for pending in live]
-                )
-            except Exception as exc:  # fail-open boundary: every waiter gets a cache error
-                error = EmbedderFailed(f"embedder raised {type(exc).__name__}: {exc}")
-                error.__cause__ = exc
-                for pending in live:
-                    if not pending.future.done():
-                        pending.future.set_exception(error)
-                continue
-            self.batches += 1
-            self.texts += len(live)
-            for pending, result in zip(live, results, strict=True):
+            if live:
+                await self._embed_batch(loop, live)
+
+    async def _embed_batch(self, loop: asyncio.AbstractEventLoop, live: list[_Pending]) -> None:
+        try:
+            results = await loop.run_in_executor(
+                self._executor, self._embedder.embed, [pending.text for pending in live]
+            )
+        except asyncio.CancelledError:
+            # Shutting down mid-batch: release these callers now rather than at their deadline.
+            for pending in live:
                 if not pending.future.done():
-                    pending.future.set_result(result)
+                    pending.future.set_exception(EmbedderFailed("embedder is shutting down"))
+            raise
+        except Exception as exc:  # fail-open boundary: every waiter gets a cache error
+            error = EmbedderFailed(f"embedder raised {type(exc).__name__}: {exc}")
+            error.__cause__ = exc
+            for pending in live:
+                if not pending.future.done():
+                    pending.future.set_exception(error)
+            return
+        self.batches += 1
+        self.texts += len(live)
+        for pending, result in zip(live, results, strict=True):
+            if not pending.future.done():
+                pending.future.set_result(result)

@@ -76,6 +76,9 @@ class TenantConfig:
     def __post_init__(self) -> None:
         if (self.api_key_env is None) == (self.api_key_sha256 is None):
             raise ValueError(f"tenant {self.name!r}: give exactly one of api_key_env, api_key_sha256")
+        digest = self.api_key_sha256
+        if digest is not None and (len(digest) != 64 or any(c not in "0123456789abcdefABCDEF" for c in digest)):
+            raise ValueError(f"tenant {self.name!r}: api_key_sha256 must be 64 hex characters")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -96,13 +99,18 @@ def key_digest(api_key: str) -> str:
 
 def parse_config(data: Any, *, source: str = "<config>") -> GatewayConfig:
     """Validate parsed YAML; raise `ConfigError` listing every problem."""
+    secret_problems: list[str] = []
     if isinstance(data, dict):
-        for secret in ("api_key", "tenant_by_key_sha256"):
-            if secret in data or (secret in (data.get("upstream") or {})):
-                raise ConfigError(source, [f"{secret}: secrets go in environment variables, not the file"])
+        data = dict(data)
+        upstream = data.get("upstream")
+        if isinstance(upstream, dict) and "api_key" in upstream:
+            data["upstream"] = {key: value for key, value in upstream.items() if key != "api_key"}
+            secret_problems.append("upstream.api_key")
+        secret_problems += [key for key in ("api_key", "tenant_by_key_sha256") if data.pop(key, None) is not None]
+    secret_problems = [f"{path}: secrets go in environment variables, not the file" for path in secret_problems]
     config, problems = build(GatewayConfig, data)
-    if problems or config is None:
-        raise ConfigError(source, problems)
+    if secret_problems or problems or config is None:
+        raise ConfigError(source, secret_problems + problems)
     return config
 
 

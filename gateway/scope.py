@@ -37,10 +37,12 @@ class Uncacheable:
 
 def tenant_for(api_key: str | None, tenant_by_key_sha256: Mapping[str, str]) -> str:
     """A listed key maps to its tenant; any other key is a tenant of its own (per-key isolation)."""
+    # Three disjoint namespaces, so a tenant named "anonymous" or "key:..." cannot collide.
     if not api_key:
         return "anonymous"
     digest = hashlib.sha256(api_key.encode()).hexdigest()
-    return tenant_by_key_sha256.get(digest, f"key:{digest[:32]}")
+    tenant = tenant_by_key_sha256.get(digest)
+    return f"tenant:{tenant}" if tenant is not None else f"key:{digest[:32]}"
 
 
 def normalize_prompt(text: str) -> str:

@@ -55,6 +55,19 @@ def _clean_message(value: Any) -> Any:
 _LITELLM_PREFIX = re.compile(r"^litellm\.\w+:\s*(\w+:\s*)?(\w+Exception - )?")
 
 
+def _connection_failed(exc: BaseException) -> bool:
+    """litellm reports a refused connection as a 500; its cause chain says what happened.
+    (Timeouts are told apart before this is asked.)"""
+    link: BaseException | None = exc
+    for _ in range(10):  # a bounded walk: cause chains can loop
+        if link is None:
+            return False
+        if type(link).__name__ in ("APIConnectionError", "ConnectError"):
+            return True
+        link = link.__cause__ or link.__context__
+    return False
+
+
 def translate_error(exc: Exception) -> UpstreamError:
     """litellm's exception → `UpstreamError` with the upstream's own status (429 stays 429)."""
     name = type(exc).__name__
@@ -62,6 +75,8 @@ def translate_error(exc: Exception) -> UpstreamError:
     message = _LITELLM_PREFIX.sub("", str(getattr(exc, "message", None) or exc))
     if "Timeout" in name:
         return UpstreamError(f"upstream timed out: {message}", status_code=504, error_type="timeout")
+    if _connection_failed(exc):
+        return UpstreamError(f"upstream unreachable: {message}", status_code=502, error_type="upstream_error")
     if not isinstance(status, int) or status < 400:
         return UpstreamError(f"upstream unreachable: {message}", status_code=502, error_type="upstream_error")
     error_type = {
@@ -95,9 +110,16 @@ class LiteLLMUpstream:
     async def aclose(self) -> None:
         """Stop litellm's logging worker: it is a process-wide task bound to the event loop of the
         first call, and would otherwise outlive this loop (and complain when it closes)."""
-        from litellm.litellm_core_utils.logging_worker import GLOBAL_LOGGING_WORKER
+        import asyncio
 
-        await GLOBAL_LOGGING_WORKER.stop(discard_pending=True, timeout=5.0)
+        from litellm.litellm_core_utils.logging_worker import GLOBAL_LOGGING_WORKER
+        from litellm.llms.custom_httpx.async_client_cleanup import close_litellm_async_clients
+
+        # Its cached HTTP clients hold sockets of this loop: close them with it.
+        await close_litellm_async_clients()  # type: ignore[no-untyped-call]
+        # The worker may belong to another loop (an earlier app in the same process): leave it.
+        if getattr(GLOBAL_LOGGING_WORKER, "_bound_loop", None) is asyncio.get_running_loop():
+            await GLOBAL_LOGGING_WORKER.stop(discard_pending=True, timeout=5.0)
 
     async def _call(self, request: CompletionRequest, arguments: dict[str, Any]) -> Any:
         if request.endpoint == "chat":

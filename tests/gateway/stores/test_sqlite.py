@@ -1,0 +1,251 @@
+"""The embedded SQLite store, on a real file under tmp_path."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import zlib
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from gateway.errors import StoreError
+from gateway.stores import CacheEntry, SqliteStore, Store
+
+_: Store = SqliteStore.__new__(SqliteStore)
+
+pytestmark = pytest.mark.anyio
+
+NOW = 1_800_000_000.0
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "nested" / "cache.db"
+
+
+def make_entry(
+    entry_id: str, *, exact_key: str | None = None, created_at: float = NOW, ttl_s: float = 3600, **changes: Any
+) -> CacheEntry:
+    vector = np.random.default_rng(zlib.crc32(entry_id.encode())).standard_normal(8).astype(np.float32)
+    entry = CacheEntry(
+        entry_id=entry_id,
+        scope_key="scope-1",
+        exact_key=exact_key or f"exact-{entry_id}",
+        prompt=f"what is {entry_id}?",
+        embedding=vector / np.linalg.norm(vector),
+        request={
+            "model": "sim-large",
+            "messages": [{"role": "user", "content": f"what is {entry_id}?"}],
+            "temperature": 0.2,
+        },
+        response={
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": "ünïcode ✓ answer"}, "finish_reason": "stop"}
+            ],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7},
+        },
+        model="sim-large",
+        created_at=created_at,
+        expires_at=created_at + ttl_s,
+    )
+    return replace(entry, **changes)
+
+
+async def test_put_then_get_round_trips_every_field(db_path: Path) -> None:
+    entry = make_entry("e1")
+    async with SqliteStore(db_path) as store:
+        assert await store.put(entry) == []
+        by_id = await store.get("e1", now=NOW)
+        by_key = await store.get_exact(entry.exact_key, now=NOW)
+
+    assert by_id is not None
+    assert by_key is not None
+    assert by_key.entry_id == "e1"
+    assert entry.embedding is not None and by_id.embedding is not None
+    assert by_id.embedding.dtype == np.float32
+    assert by_id.embedding.tobytes() == entry.embedding.tobytes()
+    assert json.dumps(by_id.request, sort_keys=True) == json.dumps(entry.request, sort_keys=True)
+    assert json.dumps(by_id.response, sort_keys=True) == json.dumps(entry.response, sort_keys=True)
+    assert (by_id.entry_id, by_id.scope_key, by_id.exact_key, by_id.prompt, by_id.model) == (
+        entry.entry_id, entry.scope_key, entry.exact_key, entry.prompt, entry.model,
+    )  # fmt: skip
+    assert (by_id.created_at, by_id.expires_at, by_id.hit_count) == (entry.created_at, entry.expires_at, 0)
+
+
+async def test_an_entry_without_embedding_round_trips(db_path: Path) -> None:
+    async with SqliteStore(db_path) as store:
+        await store.put(make_entry("truncated", embedding=None))
+        stored = await store.get("truncated", now=NOW)
+
+    assert stored is not None
+    assert stored.embedding is None
+
+
+async def test_missing_entries_are_none(db_path: Path) -> None:
+    async with SqliteStore(db_path) as store:
+        assert await store.get("nope", now=NOW) is None
+        assert await store.get_exact("nope", now=NOW) is None
+
+
+async def test_expired_entries_are_not_returned(db_path: Path) -> None:
+    entry = make_entry("e1", ttl_s=60)
+    async with SqliteStore(db_path) as store:
+        await store.put(entry)
+
+        assert await store.get("e1", now=entry.expires_at - 1) is not None
+        assert await store.get("e1", now=entry.expires_at) is None
+        assert await store.get_exact(entry.exact_key, now=entry.expires_at) is None
+        assert await store.get("e1", now=entry.expires_at + 1000) is None
+
+
+async def test_purge_expired_returns_and_deletes_only_expired_ids(db_path: Path) -> None:
+    async with SqliteStore(db_path) as store:
+        await store.put(make_entry("short-1", ttl_s=10))
+        await store.put(make_entry("short-2", ttl_s=20))
+        await store.put(make_entry("long", ttl_s=1000))
+
+        purged = await store.purge_expired(now=NOW + 100)
+
+        assert sorted(purged) == ["short-1", "short-2"]
+        # Gone from the file, not just hidden: an earlier `now` does not bring them back.
+        assert await store.get("short-1", now=NOW) is None
+        assert await store.get("short-2", now=NOW) is None
+        assert await store.get("long", now=NOW + 100) is not None
+        assert await store.purge_expired(now=NOW + 100) == []
+
+
+async def test_put_with_the_same_exact_key_replaces_the_older_entry(db_path: Path) -> None:
+    async with SqliteStore(db_path) as store:
+        await store.put(make_entry("old", exact_key="k"))
+
+        replaced = await store.put(make_entry("new", exact_key="k", created_at=NOW + 5))
+
+        assert replaced == ["old"]
+        assert await store.get("old", now=NOW + 5) is None
+        current = await store.get_exact("k", now=NOW + 5)
+        assert current is not None
+        assert current.entry_id == "new"
+
+
+async def test_put_of_the_same_entry_id_overwrites_in_place(db_path: Path) -> None:
+    async with SqliteStore(db_path) as store:
+        await store.put(make_entry("e1", model="sim-small"))
+
+        replaced = await store.put(make_entry("e1", model="sim-large"))
+
+        assert replaced == []
+        stored = await store.get("e1", now=NOW)
+        assert stored is not None
+        assert stored.model == "sim-large"
+
+
+async def test_record_hit_increments_hit_count(db_path: Path) -> None:
+    async with SqliteStore(db_path) as store:
+        await store.put(make_entry("e1"))
+
+        await store.record_hit("e1", now=NOW + 1)
+        await store.record_hit("e1", now=NOW + 2)
+        await store.record_hit("no-such-entry", now=NOW + 2)
+
+        stored = await store.get("e1", now=NOW + 2)
+    assert stored is not None
+    assert stored.hit_count == 2
+
+
+async def test_scan_live_pages_through_every_unexpired_entry(db_path: Path) -> None:
+    live_ids = {f"live-{i:05d}" for i in range(1100)}
+    async with SqliteStore(db_path) as store:
+        for entry_id in sorted(live_ids):
+            await store.put(make_entry(entry_id))
+        for i in range(5):
+            await store.put(make_entry(f"dead-{i}", ttl_s=10))
+
+        pages = [page async for page in store.scan_live(now=NOW + 100)]
+
+    assert len(pages) == 2
+    assert [len(page) for page in pages] == [1000, 100]
+    seen = [entry.entry_id for page in pages for entry in page]
+    assert len(seen) == len(set(seen))
+    assert set(seen) == live_ids
+
+
+async def test_scan_live_of_an_empty_store_yields_nothing(db_path: Path) -> None:
+    async with SqliteStore(db_path) as store:
+        assert [page async for page in store.scan_live(now=NOW)] == []
+
+
+async def test_data_survives_close_and_reopen(db_path: Path) -> None:
+    entry = make_entry("e1")
+    async with SqliteStore(db_path) as store:
+        await store.put(entry)
+        await store.record_hit("e1", now=NOW)
+
+    async with SqliteStore(db_path) as reopened:
+        await reopened.ping()
+        stored = await reopened.get("e1", now=NOW)
+
+    assert stored is not None
+    assert stored.hit_count == 1
+    assert stored.response == entry.response
+    assert entry.embedding is not None and stored.embedding is not None
+    assert stored.embedding.tobytes() == entry.embedding.tobytes()
+
+
+async def test_an_unknown_format_version_is_a_store_error(db_path: Path) -> None:
+    async with SqliteStore(db_path) as store:
+        await store.put(make_entry("e1"))
+    with sqlite3.connect(db_path) as db:
+        db.execute("UPDATE entries SET document = json_set(document, '$.format_version', 99)")
+    db.close()
+
+    async with SqliteStore(db_path) as reopened:
+        with pytest.raises(StoreError, match="format_version"):
+            await reopened.get("e1", now=NOW)
+
+
+async def test_operations_on_a_closed_store_raise_store_error(db_path: Path) -> None:
+    store = SqliteStore(db_path)
+    async with store:
+        await store.put(make_entry("e1"))
+
+    with pytest.raises(StoreError):
+        await store.get("e1", now=NOW)
+    with pytest.raises(StoreError):
+        await store.put(make_entry("e2"))
+    with pytest.raises(StoreError):
+        await store.ping()
+    with pytest.raises(StoreError):
+        await store.purge_expired(now=NOW)
+    with pytest.raises(StoreError):
+        [page async for page in store.scan_live(now=NOW)]
+
+
+async def test_operations_on_a_store_never_opened_raise_store_error(db_path: Path) -> None:
+    store = SqliteStore(db_path)
+    try:
+        with pytest.raises(StoreError, match="not open"):
+            await store.get("e1", now=NOW)
+        with pytest.raises(StoreError, match="not open"):
+            await store.ping()
+    finally:
+        await store.__aexit__(None, None, None)
+
+
+async def test_an_unopenable_file_is_a_store_error(tmp_path: Path) -> None:
+    directory = tmp_path / "a-directory"
+    directory.mkdir()
+
+    with pytest.raises(StoreError):
+        async with SqliteStore(directory):
+            pass
