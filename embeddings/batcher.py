@@ -85,6 +85,13 @@ class EmbeddingBatcher:
             future.cancel()
             raise EmbedderTimeout(f"no embedding within {limit_s * 1000:.0f} ms") from None
 
+    async def embed_many(self, texts: list[str]) -> list[EmbeddedText]:
+        """Embed a known list in one model call on the batcher's thread (e.g. a policy's exemplars
+        at load); no deadline, since nobody waits on it per request."""
+        if not texts:
+            return []
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._embedder.embed, texts)
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:

@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from embeddings import Embedder
+from gateway.admin import reload_on_sighup, reload_policy, stats
 from gateway.config import GatewayConfig
 from gateway.engine import Clock
 from gateway.errors import ClientFacingError, MethodNotAllowed, ServiceUnavailable
@@ -86,6 +87,7 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
             runtime.proxy = await _open(stack, config, cache, upstream, clock)
+            stack.callback(reload_on_sighup(cache))
             try:
                 yield
             finally:
@@ -113,6 +115,12 @@ def create_app(
             return JSONResponse({"status": "store unavailable", "detail": str(exc)}, status_code=503)
         return JSONResponse({"status": "ready"})
 
+    async def admin_reload(request: Request) -> Response:
+        return await reload_policy(request, runtime.require().cache)
+
+    async def admin_stats(request: Request) -> Response:
+        return await stats(request, runtime.require().cache)
+
     async def prometheus(request: Request) -> Response:
         return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
 
@@ -125,6 +133,8 @@ def create_app(
             Route("/healthz", _healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", prometheus, methods=["GET"]),
+            Route("/admin/reload", admin_reload, methods=["POST"]),
+            Route("/admin/stats", admin_stats, methods=["GET"]),
         ],
         lifespan=lifespan,
         exception_handlers={HTTPException: _http_error, Exception: _unexpected_error},

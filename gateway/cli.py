@@ -11,6 +11,7 @@ from dataclasses import replace
 
 from gateway.config import load_config, resolve_secrets
 from gateway.errors import ConfigError
+from policies import PolicyError
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -57,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         code: int = args.run(args)
-    except ConfigError as error:
+    except (ConfigError, PolicyError) as error:
         print(f"semcache: invalid configuration in {error.source}:", file=sys.stderr)
         for problem in error.problems:
             print(f"  - {problem}", file=sys.stderr)

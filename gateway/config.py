@@ -64,6 +64,8 @@ class CacheConfig:
     cleanup_interval_s: float = field(default=60.0, metadata=check(positive))
     # How many neighbours the index returns before the scope/expiry filter has its say.
     search_k: int = field(default=4, metadata=check(in_range(1, 256)))
+    # Quota of the one implicit category when no policy file is given.
+    max_entries: int = field(default=100_000, metadata=check(positive))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -82,11 +84,22 @@ class TenantConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class AdminConfig:
+    # Environment variable holding the key for /admin/*; unset: the admin routes are disabled.
+    api_key_env: str | None = None
+    api_key: str | None = field(default=None, repr=False, metadata={"secret": True})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class GatewayConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
     embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
+    # A category policy file (see examples/policies/); relative to the config file. Unset: one
+    # "default" category with cache.similarity_threshold, cache.ttl_s and cache.max_entries.
+    policy: str | None = None
+    admin: AdminConfig = field(default_factory=AdminConfig)
     # Callers whose key is listed share their tenant's cache; any other key is its own tenant.
     tenants: tuple[TenantConfig, ...] = ()
     # Filled by `resolve_secrets`: SHA-256 of an API key → tenant name.
@@ -106,6 +119,10 @@ def parse_config(data: Any, *, source: str = "<config>") -> GatewayConfig:
         if isinstance(upstream, dict) and "api_key" in upstream:
             data["upstream"] = {key: value for key, value in upstream.items() if key != "api_key"}
             secret_problems.append("upstream.api_key")
+        admin = data.get("admin")
+        if isinstance(admin, dict) and "api_key" in admin:
+            data["admin"] = {key: value for key, value in admin.items() if key != "api_key"}
+            secret_problems.append("admin.api_key")
         secret_problems += [key for key in ("api_key", "tenant_by_key_sha256") if data.pop(key, None) is not None]
     secret_problems = [f"{path}: secrets go in environment variables, not the file" for path in secret_problems]
     config, problems = build(GatewayConfig, data)
@@ -120,7 +137,10 @@ def load_config(path: str | Path) -> GatewayConfig:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(str(path), [f"not valid YAML: {exc}"]) from exc
-    return parse_config(data, source=str(path))
+    config = parse_config(data, source=str(path))
+    if config.policy is not None:
+        config = replace(config, policy=str((Path(path).parent / config.policy).resolve()))
+    return config
 
 
 def resolve_secrets(config: GatewayConfig, environ: Mapping[str, str]) -> GatewayConfig:
@@ -132,6 +152,12 @@ def resolve_secrets(config: GatewayConfig, environ: Mapping[str, str]) -> Gatewa
         if not key:
             problems.append(f"upstream.api_key_env: environment variable {upstream.api_key_env} is not set")
         upstream = replace(upstream, api_key=key)
+    admin = config.admin
+    if admin.api_key_env is not None:
+        key = environ.get(admin.api_key_env)
+        if not key:
+            problems.append(f"admin.api_key_env: environment variable {admin.api_key_env} is not set")
+        admin = replace(admin, api_key=key)
     tenants: dict[str, str] = {}
     for i, tenant in enumerate(config.tenants):
         if tenant.api_key_sha256 is not None:
@@ -145,4 +171,4 @@ def resolve_secrets(config: GatewayConfig, environ: Mapping[str, str]) -> Gatewa
         tenants[key_digest(key)] = tenant.name
     if problems:
         raise ConfigError("environment", problems)
-    return replace(config, upstream=upstream, tenant_by_key_sha256=tenants)
+    return replace(config, upstream=upstream, admin=admin, tenant_by_key_sha256=tenants)

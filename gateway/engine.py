@@ -1,4 +1,5 @@
-"""The cache decision: exact match, then embed + search, then hit or miss; and remembering answers.
+"""The cache decision: exact match, then embed, classify and search the category's index; hit or
+miss; and remembering answers under the category's TTL and quota.
 
 Every fault of the store, index or embedder becomes a miss here (fail open): it is logged and
 counted, and never reaches the client.
@@ -14,10 +15,12 @@ from enum import StrEnum
 from typing import Any
 
 from embeddings import EmbedderError, EmbeddingBatcher, Vector
+from gateway.errors import InvalidRequest
 from gateway.index import IndexItem, VectorIndex
 from gateway.metrics import Metrics
 from gateway.scope import CacheKey
 from gateway.stores import CacheEntry, Store
+from policies import Category, CategoryClassifier, Classification, Policy
 from policies.verifier import Verifier
 
 logger = logging.getLogger("semcache.engine")
@@ -34,9 +37,22 @@ class Outcome(StrEnum):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LookupSettings:
-    similarity_threshold: float
-    ttl_s: float
-    search_k: int
+    search_k: int = 4
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ActivePolicy:
+    """A policy with its classifier (exemplars embedded once, at load). Swapped whole on reload, so
+    a request in flight sees one policy from start to end."""
+
+    policy: Policy
+    classifier: CategoryClassifier
+
+    def classify(self, text: str, vector: Vector | None) -> Category:
+        return self.policy.category(self.classifier.classify(text, vector).category)
+
+    def by_rules(self, text: str) -> Classification | None:
+        return self.classifier.classify_by_rules(text)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -45,19 +61,31 @@ class Hit:
     similarity: float
     exact: bool
 
+    @property
+    def category(self) -> str:
+        return self.entry.category
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Miss:
     """`vector` is kept for remembering the answer; None when the prompt must stay exact-match only
-    (truncated by the embedder) or when embedding failed. `best_similarity` is None without candidates."""
+    (truncated by the embedder) or when embedding failed. `best_similarity` is None without
+    candidates. `storable` is False when the answer must not be kept (its category is not
+    cacheable, or the category could not be told)."""
 
     vector: Vector | None
     best_similarity: float | None
     semantic: bool
+    category: str | None
+    storable: bool
     fault: str | None = None
 
 
 Decision = Hit | Miss
+
+
+class ThresholdTooLoose(InvalidRequest):
+    pass
 
 
 class CacheEngine:
@@ -65,71 +93,102 @@ class CacheEngine:
         self,
         *,
         store: Store,
-        index: VectorIndex,
         batcher: EmbeddingBatcher,
+        policy: ActivePolicy,
         settings: LookupSettings,
         metrics: Metrics,
         clock: Clock,
         verifier: Verifier | None = None,
     ) -> None:
-        self._verifier = verifier
         self._store = store
-        self._index = index
         self._batcher = batcher
+        self._active = policy
         self._settings = settings
         self._metrics = metrics
         self._clock = clock
+        self._verifier = verifier
+        self._indexes = {name: VectorIndex(batcher.embedder.dimension) for name in policy.policy.names}
 
     @property
     def store(self) -> Store:
         return self._store
 
+    @property
+    def policy(self) -> Policy:
+        return self._active.policy
+
+    def index_sizes(self) -> dict[str, int]:
+        return {name: len(index) for name, index in self._indexes.items()}
+
+    def close(self) -> None:
+        for index in self._indexes.values():
+            index.close()
+
     def _fault(self, stage: str, exc: BaseException) -> None:
         self._metrics.fail_open.labels(stage=stage).inc()
         logger.warning("cache %s failed, serving from upstream: %s", stage, exc)
 
-    @property
-    def settings(self) -> LookupSettings:
-        return self._settings
-
     async def lookup(
         self, key: CacheKey, *, threshold: float | None = None, max_age_s: float | None = None, search: bool = True
     ) -> Decision:
-        """Exact match, then semantic. `threshold` may only be stricter than the configured one;
-        `max_age_s` refuses older entries; `search=False` (Cache-Control: no-cache) only embeds, so
-        the fresh answer can still be stored."""
+        """Exact match, then semantic within the prompt's category. `threshold` may only be stricter
+        than the category's (`ThresholdTooLoose` otherwise); `max_age_s` refuses older entries;
+        `search=False` (Cache-Control: no-cache) only embeds and classifies, so the fresh answer
+        can still be stored."""
+        active = self._active
         now = self._clock()
         oldest = now - max_age_s if max_age_s is not None else float("-inf")
+        ruled = active.by_rules(key.prompt)
+        if ruled is not None and not active.policy.category(ruled.category).cacheable:
+            # Decided by a keyword before any embedding: the cheapest way to say no.
+            return Miss(vector=None, best_similarity=None, semantic=False, category=ruled.category, storable=False)
         if search:
-            try:
-                exact = await self._store.get_exact(key.exact, now=now)
-            except Exception as exc:  # fail-open boundary
-                self._fault("store", exc)
-                exact = None
+            exact = await self._exact(key, active, now)
             if exact is not None and exact.created_at >= oldest:
+                _check_threshold(threshold, active.policy.category(exact.category))
                 return Hit(entry=exact, similarity=1.0, exact=True)
         try:
             embedded = await self._batcher.embed(key.prompt)
         except EmbedderError as exc:
             self._fault("embedder", exc)
-            return Miss(vector=None, best_similarity=None, semantic=False, fault="embedder")
-        if embedded.truncated:
-            return Miss(vector=None, best_similarity=None, semantic=False)
+            # Without a vector there is no category, and an answer of unknown category is not kept.
+            return Miss(vector=None, best_similarity=None, semantic=False, category=None, storable=False,
+                        fault="embedder")  # fmt: skip
+        category = active.classify(key.prompt, None if embedded.truncated else embedded.vector)
+        _check_threshold(threshold, category)
+        storable = category.cacheable
+        if embedded.truncated or not category.cacheable:
+            return Miss(vector=None, best_similarity=None, semantic=False, category=category.name, storable=storable)
         if not search:
-            return Miss(vector=embedded.vector, best_similarity=None, semantic=True)
-        # Without a verifier the threshold decides; with one, candidates from its floor up are
-        # judged by it, even above the threshold: the classic false hits sit at high similarity.
-        # A per-request threshold can only make either stricter.
-        floor = self._settings.similarity_threshold if self._verifier is None else self._verifier.floor
+            return Miss(vector=embedded.vector, best_similarity=None, semantic=True, category=category.name,
+                        storable=True)  # fmt: skip
+        # Without a verifier the category's threshold decides; with one, candidates from its floor
+        # up are judged by it, even above the threshold: the classic false hits sit at high
+        # similarity. A per-request threshold can only make either stricter.
+        floor = category.similarity_threshold if self._verifier is None else self._verifier.floor
         floor = max(floor, threshold or 0.0)
         try:
-            return await self._search(key, embedded.vector, now, floor=floor, oldest=oldest)
+            return await self._search(key, embedded.vector, category, now, floor=floor, oldest=oldest)
         except Exception as exc:  # fail-open boundary
             self._fault("search", exc)
-            return Miss(vector=embedded.vector, best_similarity=None, semantic=True, fault="search")
+            return Miss(vector=embedded.vector, best_similarity=None, semantic=True, category=category.name,
+                        storable=True, fault="search")  # fmt: skip
 
-    async def _search(self, key: CacheKey, vector: Vector, now: float, *, floor: float, oldest: float) -> Decision:
-        matches = await self._index.search(vector, scope=key.scope, k=self._settings.search_k)
+    async def _exact(self, key: CacheKey, active: ActivePolicy, now: float) -> CacheEntry | None:
+        try:
+            entry = await self._store.get_exact(key.exact, now=now)
+        except Exception as exc:  # fail-open boundary
+            self._fault("store", exc)
+            return None
+        if entry is None or entry.category not in active.policy.names:
+            return None
+        return entry if active.policy.category(entry.category).cacheable else None
+
+    async def _search(
+        self, key: CacheKey, vector: Vector, category: Category, now: float, *, floor: float, oldest: float
+    ) -> Decision:
+        index = self._indexes[category.name]
+        matches = await index.search(vector, scope=key.scope, k=self._settings.search_k)
         fresh = [match for match in matches if match.expires_at > now and match.created_at >= oldest]
         best = fresh[0].similarity if fresh else None
         verifier = self._verifier
@@ -143,18 +202,27 @@ class CacheEngine:
                 query=key.prompt, candidate=entry.prompt, similarity=match.similarity
             ):
                 return Hit(entry=entry, similarity=match.similarity, exact=False)
-        return Miss(vector=vector, best_similarity=best, semantic=True)
+        return Miss(vector=vector, best_similarity=best, semantic=True, category=category.name, storable=True)
 
     async def record_hit(self, hit: Hit) -> None:
+        now = self._clock()
         try:
-            await self._store.record_hit(hit.entry.entry_id, now=self._clock())
+            await self._store.record_hit(hit.entry.entry_id, now=now)
+            index = self._indexes.get(hit.category)
+            if index is not None:
+                await index.touch(hit.entry.entry_id, now=now)
         except Exception as exc:  # fail-open boundary: bookkeeping only
             self._fault("record_hit", exc)
 
     async def remember(
         self, key: CacheKey, miss: Miss, *, request: Mapping[str, Any], response: Mapping[str, Any]
-    ) -> None:
-        """Store a complete answer and index it. Runs after the client has its answer."""
+    ) -> bool:
+        """Store a complete answer and index it, within its category's quota. Runs after the client
+        has its answer. Returns whether it was stored."""
+        active = self._active
+        if not miss.storable or miss.category is None or miss.category not in active.policy.names:
+            return False
+        category = active.policy.category(miss.category)
         now = self._clock()
         entry = CacheEntry(
             entry_id=uuid.uuid4().hex,
@@ -166,31 +234,88 @@ class CacheEngine:
             response=response,
             model=str(request.get("model", "")),
             created_at=now,
-            expires_at=now + self._settings.ttl_s,
+            expires_at=now + category.ttl_s,
+            category=category.name,
         )
         try:
             replaced = await self._store.put(entry)
-            await self._index.remove(replaced)
+            for index in self._indexes.values():
+                await index.remove(replaced)
             if entry.embedding is not None:
-                await self._index.add([_index_item(entry)])
+                index = self._indexes[category.name]
+                await self._evict(index, category, room_for=1)
+                await index.add([_index_item(entry)])
         except Exception as exc:  # fail-open boundary: the client has its answer already
             self._fault("remember", exc)
-            return
+            return False
         self._metrics.stored.inc()
+        return True
+
+    async def _evict(self, index: VectorIndex, category: Category, *, room_for: int) -> None:
+        """Keep the category within its quota: expired entries go first, then the least valuable."""
+        excess = len(index) + room_for - category.max_entries
+        if excess <= 0:
+            return
+        victims = await index.victims(excess, now=self._clock())
+        await self._store.delete(victims)
+        await index.remove(victims)
+        self._metrics.evicted.labels(category=category.name).inc(len(victims))
 
     async def rebuild_index(self) -> int:
-        """Load every live entry of the store into the (empty) index; returns how many."""
+        """Load every live entry of the store into the (empty) indexes; entries of categories the
+        policy no longer has are dropped, and current TTLs are applied. Returns how many were loaded."""
+        policy = self._active.policy
+        for category in policy.categories:
+            await self._store.retime_category(category.name, ttl_s=category.ttl_s)
         count = 0
+        orphans: list[str] = []
         async for page in self._store.scan_live(now=self._clock()):
-            items = [_index_item(entry) for entry in page if entry.embedding is not None]
-            await self._index.add(items)
-            count += len(items)
+            for entry in page:
+                if entry.category not in self._indexes:
+                    orphans.append(entry.entry_id)
+                elif entry.embedding is not None:
+                    await self._indexes[entry.category].add([_index_item(entry)])
+                    count += 1
+        await self._store.delete(orphans)
+        for category in policy.categories:
+            await self._evict(self._indexes[category.name], category, room_for=0)
         return count
+
+    async def apply_policy(self, new: ActivePolicy) -> dict[str, int]:
+        """Switch to a reloaded policy without dropping the cache: entries of removed categories
+        are dropped, changed TTLs apply to existing entries, lowered quotas evict. Returns how many
+        entries were dropped per removed category."""
+        old_names = set(self._active.policy.names)
+        dropped: dict[str, int] = {}
+        for category in new.policy.categories:
+            if category.name not in self._indexes:
+                self._indexes[category.name] = VectorIndex(self._batcher.embedder.dimension)
+            if category.name in old_names and self._active.policy.category(category.name).ttl_s != category.ttl_s:
+                await self._store.retime_category(category.name, ttl_s=category.ttl_s)
+                await self._indexes[category.name].retime(ttl_s=category.ttl_s)
+        self._active = new
+        for name in old_names - set(new.policy.names):
+            dropped[name] = len(await self._store.delete_category(name))
+            self._indexes.pop(name).close()
+        for category in new.policy.categories:
+            await self._evict(self._indexes[category.name], category, room_for=0)
+        return dropped
 
     async def purge_expired(self) -> int:
         expired = await self._store.purge_expired(now=self._clock())
-        await self._index.remove(expired)
+        for index in self._indexes.values():
+            await index.remove(expired)
         return len(expired)
+
+
+def _check_threshold(threshold: float | None, category: Category) -> None:
+    if threshold is not None and threshold < category.similarity_threshold:
+        raise ThresholdTooLoose(
+            f"a per-request threshold may only be stricter than category {category.name!r}'s "
+            f"{category.similarity_threshold:g}, got {threshold:g}",
+            param="x-semcache-threshold",
+            code="threshold_too_loose",
+        )
 
 
 def _index_item(entry: CacheEntry) -> IndexItem:
@@ -201,4 +326,6 @@ def _index_item(entry: CacheEntry) -> IndexItem:
         vector=entry.embedding,
         created_at=entry.created_at,
         expires_at=entry.expires_at,
+        hit_count=entry.hit_count,
+        last_used_at=entry.last_used_at,
     )

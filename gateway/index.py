@@ -42,6 +42,14 @@ class _Slot:
     scope: str
     created_at: float
     expires_at: float
+    hits: int
+    last_used_at: float
+
+    def value(self, now: float) -> float:
+        """What keeping this entry is worth: hits per idle second. A popular entry survives a quiet
+        spell; one that was popular long ago decays towards a never-used one. (LRU alone evicts a
+        hot entry after one burst of one-off prompts; LFU alone keeps stale favourites forever.)"""
+        return (1 + self.hits) / (1 + max(0.0, now - self.last_used_at))
 
 
 @dataclass(slots=True)
@@ -56,6 +64,8 @@ class IndexItem:
     vector: Vector
     created_at: float
     expires_at: float
+    hit_count: int = 0
+    last_used_at: float | None = None
 
 
 class VectorIndex:
@@ -92,6 +102,36 @@ class VectorIndex:
         """The k nearest entries of this scope, best first (expired ones included: the caller judges)."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, self._search, vector, scope, k)
 
+    async def touch(self, entry_id: str, *, now: float) -> None:
+        """Count a hit (for eviction)."""
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._touch, entry_id, now)
+
+    async def victims(self, count: int, *, now: float) -> list[str]:
+        """The `count` entries to evict first: expired ones, then the least valuable."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._victims, count, now)
+
+    async def retime(self, *, ttl_s: float) -> None:
+        """A changed TTL applies to existing entries: expiry = creation + ttl_s."""
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._retime, ttl_s)
+
+    def _touch(self, entry_id: str, now: float) -> None:
+        with self._lock:
+            label = self._labels.get(entry_id)
+            if label is not None:
+                slot = self._slots[label]
+                slot.hits += 1
+                slot.last_used_at = now
+
+    def _victims(self, count: int, now: float) -> list[str]:
+        with self._lock:
+            ranked = sorted(self._slots.values(), key=lambda slot: (slot.expires_at > now, slot.value(now)))
+            return [slot.entry_id for slot in ranked[: max(0, count)]]
+
+    def _retime(self, ttl_s: float) -> None:
+        with self._lock:
+            for slot in self._slots.values():
+                slot.expires_at = slot.created_at + ttl_s
+
     def _add(self, items: Sequence[IndexItem]) -> None:
         with self._lock:
             self._remove_locked([item.entry_id for item in items if item.entry_id in self._labels])
@@ -110,7 +150,14 @@ class VectorIndex:
             if reuse < len(items):
                 self._hnsw.add_items(vectors[reuse:], labels[reuse:])
             for label, item in zip(labels.tolist(), items, strict=True):
-                self._slots[label] = _Slot(item.entry_id, item.scope, item.created_at, item.expires_at)
+                self._slots[label] = _Slot(
+                    entry_id=item.entry_id,
+                    scope=item.scope,
+                    created_at=item.created_at,
+                    expires_at=item.expires_at,
+                    hits=item.hit_count,
+                    last_used_at=item.last_used_at if item.last_used_at is not None else item.created_at,
+                )
                 self._labels[item.entry_id] = label
                 self._scopes.setdefault(item.scope, _Scope()).labels.add(label)
 

@@ -16,6 +16,10 @@ class Metrics:
             registry=self.registry,
         )
         self.stored = Counter("semcache_stored", "Answers stored in the cache.", registry=self.registry)
+        self.evicted = Counter(
+            "semcache_evicted", "Entries evicted to keep a category within its quota.", ["category"],
+            registry=self.registry,
+        )  # fmt: skip
         self.upstream_errors = Counter(
             "semcache_upstream_errors", "Upstream errors by status.", ["status"], registry=self.registry
         )

@@ -16,7 +16,6 @@ from gateway.config import GatewayConfig
 from gateway.engine import Clock, Outcome
 from gateway.errors import (
     ClientFacingError,
-    InvalidRequest,
     ModelNotFound,
     PayloadTooLarge,
     RouteNotFound,
@@ -70,6 +69,10 @@ async def read_body(request: Request, *, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def _category(name: str | None) -> dict[str, str]:
+    return {} if name is None else {"x-semcache-category": name}
+
+
 def _similarity(value: float | None) -> dict[str, str]:
     return {} if value is None else {"x-semcache-similarity": f"{value:.4f}"}
 
@@ -113,7 +116,6 @@ class Proxy:
             control = parse_cache_control(request.headers, data.pop("cache", None) if isinstance(data, dict) else None)
             completion = parse(data)
             self._check_model(completion.model)
-            self._check_threshold(control)
         except ClientFacingError as error:
             self.metrics.requests.labels(outcome="invalid").inc()
             return error_response(error)
@@ -129,31 +131,26 @@ class Proxy:
                 f"The model '{model}' does not exist or is not served here", param="model", code="model_not_found"
             )
 
-    def _check_threshold(self, control: CacheControl) -> None:
-        configured = self.cache.engine.settings.similarity_threshold
-        if control.threshold is not None and control.threshold < configured:
-            raise InvalidRequest(
-                f"a per-request threshold may only be stricter than the policy's {configured:g}, "
-                f"got {control.threshold:g}",
-                param="x-semcache-threshold",
-                code="threshold_too_loose",
-            )
-
     async def _answer(
         self, request: CompletionRequest, control: CacheControl, api_key: str | None
     ) -> tuple[Response, str]:
-        found = await self.cache.lookup(request, api_key=api_key, control=control)
+        try:
+            found = await self.cache.lookup(request, api_key=api_key, control=control)
+        except ClientFacingError as error:  # a per-request threshold looser than the category's
+            self.metrics.requests.labels(outcome="invalid").inc()
+            return error_response(error), "invalid"
         if isinstance(found, NotCacheable):
-            headers = {"x-semcache": Outcome.BYPASS, "x-semcache-reason": found.reason}
+            headers = {"x-semcache": Outcome.BYPASS, "x-semcache-reason": found.reason, **_category(found.category)}
             return await self._from_upstream(request, api_key, headers), Outcome.BYPASS
         if isinstance(found, CacheHit):
             headers = {
                 "x-semcache": found.outcome,
                 "x-semcache-entry": found.entry_id,
                 **_similarity(found.similarity),
+                **_category(found.category),
             }
             return self._serve_stored(request, found.answer, headers), found.outcome
-        headers = {"x-semcache": Outcome.MISS, **_similarity(found.best_similarity)}
+        headers = {"x-semcache": Outcome.MISS, **_similarity(found.best_similarity), **_category(found.category)}
         if found.reason is not None:
             headers["x-semcache-reason"] = found.reason
         exact_key = found.key.exact

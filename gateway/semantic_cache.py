@@ -21,11 +21,12 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal
 
+import numpy as np
+
 from embeddings import BatcherConfig, Embedder, EmbeddingBatcher, SentenceTransformerEmbedder
 from gateway.cache_control import CacheControl
 from gateway.config import GatewayConfig
-from gateway.engine import CacheEngine, Clock, Hit, LookupSettings, Miss
-from gateway.index import VectorIndex
+from gateway.engine import ActivePolicy, CacheEngine, Clock, Hit, LookupSettings, Miss
 from gateway.metrics import Metrics
 from gateway.scope import CacheKey, cache_key, tenant_for
 from gateway.stores import SqliteStore, Store
@@ -38,6 +39,7 @@ from gateway.wire import (
     parse_text_request,
     replay_completion,
 )
+from policies import DEFAULT, CategoryClassifier, Policy, load_policy, parse_policy
 from policies.verifier import Verifier
 
 logger = logging.getLogger("semcache.cache")
@@ -52,6 +54,7 @@ class CacheHit:
     similarity: float
     entry_id: str
     exact: bool
+    category: str
 
     @property
     def outcome(self) -> Literal["hit", "exact"]:
@@ -68,14 +71,26 @@ class CacheMiss:
     best_similarity: float | None
     reason: str | None
 
+    @property
+    def category(self) -> str | None:
+        return self.miss.category
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NotCacheable:
     request: CompletionRequest
     reason: str
+    category: str | None = None
 
 
 Lookup = CacheHit | CacheMiss | NotCacheable
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReloadResult:
+    categories: tuple[str, ...]
+    dropped: Mapping[str, int]
+
 
 _PARSERS = {"chat": parse_chat_request, "text": parse_text_request}
 
@@ -115,6 +130,8 @@ class SemanticCache:
         self._clock = clock
         self._stack: contextlib.AsyncExitStack | None = None
         self._engine: CacheEngine | None = None
+        self._batcher: EmbeddingBatcher | None = None
+        self._reload_lock = asyncio.Lock()
 
     @property
     def engine(self) -> CacheEngine:
@@ -134,9 +151,12 @@ class SemanticCache:
         await self.aclose()
 
     async def aclose(self) -> None:
-        stack, self._stack, self._engine = self._stack, None, None
-        if stack is not None:
-            await stack.aclose()
+        stack, self._stack = self._stack, None
+        try:
+            if stack is not None:
+                await stack.aclose()  # drains `remember_later` tasks first: they still need the engine
+        finally:
+            self._engine = None
 
     async def _open(self, stack: contextlib.AsyncExitStack) -> CacheEngine:
         config = self.config
@@ -161,22 +181,18 @@ class SemanticCache:
                 ),
             )
         )
-        index = VectorIndex(embedder.dimension)
-        stack.callback(index.close)
-        settings = LookupSettings(
-            similarity_threshold=config.cache.similarity_threshold,
-            ttl_s=config.cache.ttl_s,
-            search_k=config.cache.search_k,
-        )
+        self._batcher = batcher
+        policy = await self._read_policy()
         engine = CacheEngine(
             store=store,
-            index=index,
             batcher=batcher,
-            settings=settings,
+            policy=await self._activate(policy),
+            settings=LookupSettings(search_k=config.cache.search_k),
             metrics=self.metrics,
             clock=self._clock,
             verifier=self._verifier,
         )
+        stack.callback(engine.close)
         try:
             logger.info("index rebuilt with %d entries", await engine.rebuild_index())
         except Exception:  # fail-open boundary: start with an empty index, serve traffic
@@ -187,6 +203,36 @@ class SemanticCache:
         purger = asyncio.create_task(_purge_periodically(engine, config.cache.cleanup_interval_s))
         stack.callback(purger.cancel)
         return engine
+
+    async def _read_policy(self) -> Policy:
+        """The policy file, or the one-category policy the `cache` section implies. Raises `PolicyError`."""
+        if self.config.policy is not None:
+            return await asyncio.to_thread(load_policy, self.config.policy)
+        cache = self.config.cache
+        implied = {
+            "similarity_threshold": cache.similarity_threshold,
+            "ttl_s": cache.ttl_s,
+            "max_entries": cache.max_entries,
+        }
+        return parse_policy({"categories": [{"name": DEFAULT, **implied}]}, source="cache section of the config")
+
+    async def _activate(self, policy: Policy) -> ActivePolicy:
+        """Embed the exemplars once, on the embedder's thread, and build the classifier."""
+        assert self._batcher is not None
+        exemplars = policy.exemplars()
+        texts = [text for group in exemplars.values() for text in group]
+        embedded = iter(await self._batcher.embed_many(texts))
+        vectors = {name: np.stack([next(embedded).vector for _ in group]) for name, group in exemplars.items()}
+        return ActivePolicy(policy=policy, classifier=CategoryClassifier(policy, vectors))
+
+    async def reload_policy(self) -> ReloadResult:
+        """Re-read the policy file and switch to it without dropping cached entries. An invalid file
+        raises `PolicyError` with every problem, and the policy in force stays."""
+        async with self._reload_lock:
+            policy = await self._read_policy()
+            dropped = await self.engine.apply_policy(await self._activate(policy))
+        logger.info("policy reloaded: %d categories; dropped %s", len(policy.categories), dropped or "nothing")
+        return ReloadResult(categories=policy.names, dropped=dropped)
 
     def parse(self, body: Mapping[str, Any], *, endpoint: Endpoint = "chat") -> CompletionRequest:
         """Validate an OpenAI request body; raises `InvalidRequest` with an OpenAI-style message."""
@@ -217,12 +263,16 @@ class SemanticCache:
                 similarity=decision.similarity,
                 entry_id=decision.entry.entry_id,
                 exact=decision.exact,
+                category=decision.category,
             )
-        reason = None
-        if not decision.semantic and decision.fault is None:
+        if decision.fault is not None:
+            reason: str | None = f"fail-open:{decision.fault}"
+        elif not decision.storable:
+            return NotCacheable(request=parsed, reason="category-not-cacheable", category=decision.category)
+        elif not decision.semantic:
             reason = "prompt-over-embedder-window"
-        elif decision.fault is not None:
-            reason = f"fail-open:{decision.fault}"
+        else:
+            reason = None
         return CacheMiss(
             request=parsed, key=key, miss=decision, best_similarity=decision.best_similarity, reason=reason
         )
@@ -231,8 +281,7 @@ class SemanticCache:
         """Store a complete answer (finish_reason stop/length/tool_calls); returns whether it was."""
         if not is_complete(answer):
             return False
-        await self.engine.remember(miss.key, miss.miss, request=dict(miss.request.body), response=answer)
-        return True
+        return await self.engine.remember(miss.key, miss.miss, request=dict(miss.request.body), response=answer)
 
     def remember_later(self, miss: CacheMiss, answer: Mapping[str, Any]) -> None:
         """`remember` as a tracked background task, drained when the cache closes."""

@@ -1,6 +1,44 @@
-"""Pure policy code: YAML values → typed, validated config. Never imports `gateway` or does I/O
-beyond reading one YAML file."""
+"""Pure policy code: YAML values → typed, validated config; the category classifier. Never imports
+`gateway` or does I/O beyond reading one YAML file."""
 
-from policies.schema import build, check, in_range, positive
+from policies.classifier import CategoryClassifier, Classification, Classifier, Via
+from policies.errors import PolicyError
+from policies.model import (
+    DEFAULT,
+    Bounds,
+    Category,
+    ClassifierMethod,
+    ClassifierSettings,
+    ModelSpec,
+    Policy,
+    Tier,
+    load_policy,
+    parse_policy,
+)
+from policies.schema import Invalid, build, check, check_each, in_range, positive
+from policies.verifier import Verifier
 
-__all__ = ["build", "check", "in_range", "positive"]
+__all__ = [
+    "DEFAULT",
+    "Bounds",
+    "Category",
+    "CategoryClassifier",
+    "Classification",
+    "Classifier",
+    "ClassifierMethod",
+    "ClassifierSettings",
+    "Invalid",
+    "ModelSpec",
+    "Policy",
+    "PolicyError",
+    "Tier",
+    "Verifier",
+    "Via",
+    "build",
+    "check",
+    "check_each",
+    "in_range",
+    "load_policy",
+    "parse_policy",
+    "positive",
+]

@@ -2,6 +2,16 @@
 
 Pure: values in, values out. Unknown keys are errors (with a close-match hint), wrong types and
 out-of-range values are errors, and all of them are reported at once.
+
+Three hooks for a dataclass, all optional:
+- `field(metadata=check(fn))`: `fn(value)` returns why the field's value is wrong, or None.
+- `field(metadata=check_each(fn))`: the same for every item of a list field, reported at `field[i]`.
+- a static method `schema_rules(values)` for rules across fields: it gets the fields that converted
+  cleanly (absent ones with their defaults; a field with a problem is left out, so each rule looks
+  only at what it needs) and yields `(relative path, reason)` pairs, `""` for the object itself.
+  It runs even when other fields have problems, so those are reported at once with the rest.
+A `__post_init__` may raise `Invalid` (problems at relative paths) or `ValueError` (one reason
+for the whole object) to refuse a direct construction too.
 """
 
 from __future__ import annotations
@@ -10,7 +20,7 @@ import dataclasses
 import difflib
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 T = TypeVar("T")
@@ -19,9 +29,37 @@ Check = Callable[[Any], str | None]
 """A field's extra check: returns the reason the value is wrong, or None. Put in field metadata."""
 
 
+Rules = Callable[[Mapping[str, Any]], Iterable[tuple[str, str]]]
+"""A dataclass's `schema_rules`: cleanly converted field values in, `(relative path, reason)` out."""
+
+
+class Invalid(ValueError):
+    """Problems found by a dataclass itself, each at a path relative to it (`""`: the object)."""
+
+    def __init__(self, problems: Sequence[tuple[str, str]]) -> None:
+        super().__init__("; ".join(f"{where}: {reason}" if where else reason for where, reason in problems))
+        self.problems = list(problems)
+
+
 def check(fn: Check) -> dict[str, Check]:
     """`field(default=..., metadata=check(in_range(0, 1)))`."""
     return {"check": fn}
+
+
+def check_each(fn: Check) -> dict[str, Check]:
+    """`field(default=(), metadata=check_each(non_blank))`: checks every item of a list field."""
+    return {"check_each": fn}
+
+
+def run_rules(instance: Any) -> None:
+    """For `__post_init__`: raise `Invalid` when the instance breaks its class's `schema_rules`."""
+    rules: Rules | None = getattr(type(instance), "schema_rules", None)
+    if rules is None:
+        return
+    values = {field.name: getattr(instance, field.name) for field in dataclasses.fields(instance) if field.init}
+    problems = list(rules(values))
+    if problems:
+        raise Invalid(problems)
 
 
 def in_range(low: float, high: float, *, low_open: bool = False) -> Check:
@@ -112,6 +150,24 @@ def _convert_scalar(tp: Any, data: Any, where: str, problems: list[str]) -> Any:
     raise TypeError(f"schema cannot convert to {tp!r}")  # a bug in our dataclasses, not in the file
 
 
+def _convert_field(field: dataclasses.Field[Any], tp: Any, data: Any, path: str, problems: list[str]) -> Any:
+    """Convert one field's value, then run its `check_each` and `check` if it converted cleanly."""
+    before = len(problems)
+    value = _convert(tp, data, path, problems)
+    verify_each: Check | None = field.metadata.get("check_each")
+    if verify_each is not None and len(problems) == before and isinstance(value, tuple):
+        for i, item in enumerate(value):
+            reason = verify_each(item)
+            if reason is not None:
+                problems.append(f"{_join(path, i)}: {reason}")
+    verify: Check | None = field.metadata.get("check")
+    if verify is not None and len(problems) == before and value is not None:
+        reason = verify(value)
+        if reason is not None:
+            problems.append(f"{path}: {reason}")
+    return value
+
+
 def _convert_dataclass(cls: type, data: Any, path: str, problems: list[str]) -> Any:
     where = path or "(top level)"
     if data is None:
@@ -122,30 +178,45 @@ def _convert_dataclass(cls: type, data: Any, path: str, problems: list[str]) -> 
     start = len(problems)
     fields = {field.name: field for field in dataclasses.fields(cls) if field.init}
     hints = typing.get_type_hints(cls)
-    for key in data:
-        if key not in fields:
-            close = difflib.get_close_matches(str(key), list(fields), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            problems.append(f"{_join(path, str(key))}: unknown key{hint}")
+    _report_unknown_keys(data, list(fields), path, problems)
     values: dict[str, Any] = {}
+    clean: dict[str, Any] = {}  # what the cross-field rules may look at
     for name, field in fields.items():
         field_path = _join(path, name)
-        if name not in data:
-            if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
-                problems.append(f"{field_path}: required")
-            continue
-        before = len(problems)
-        value = _convert(hints[name], data[name], field_path, problems)
-        verify: Check | None = field.metadata.get("check")
-        if verify is not None and len(problems) == before and value is not None:
-            reason = verify(value)
-            if reason is not None:
-                problems.append(f"{field_path}: {reason}")
-        values[name] = value
+        if name in data:
+            before = len(problems)
+            values[name] = _convert_field(field, hints[name], data[name], field_path, problems)
+            if len(problems) == before:
+                clean[name] = values[name]
+        elif field.default is not dataclasses.MISSING:
+            clean[name] = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            clean[name] = field.default_factory()
+        else:
+            problems.append(f"{field_path}: required")
+    rules: Rules | None = getattr(cls, "schema_rules", None)
+    if rules is not None:
+        problems.extend(f"{_join(path, at) if at else where}: {reason}" for at, reason in rules(clean))
     if len(problems) > start:
         return None
+    return _construct(cls, values, path, problems)
+
+
+def _report_unknown_keys(data: dict[Any, Any], known: list[str], path: str, problems: list[str]) -> None:
+    for key in data:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            problems.append(f"{_join(path, str(key))}: unknown key{hint}")
+
+
+def _construct(cls: type, values: dict[str, Any], path: str, problems: list[str]) -> Any:
+    where = path or "(top level)"
     try:
         return cls(**values)
+    except Invalid as exc:  # the dataclass's own rules, each at its path
+        problems.extend(f"{_join(path, at) if at else where}: {reason}" for at, reason in exc.problems)
+        return None
     except ValueError as exc:  # a cross-field rule in __post_init__
         problems.append(f"{where}: {exc}")
         return None

@@ -97,5 +97,14 @@ class BrokenStore:
         raise self._fail()
         yield []  # makes this an async generator, like the real stores
 
+    async def delete(self, entry_ids: list[str]) -> None:
+        raise self._fail()
+
+    async def delete_category(self, category: str) -> list[str]:
+        raise self._fail()
+
+    async def retime_category(self, category: str, *, ttl_s: float) -> None:
+        raise self._fail()
+
     async def ping(self) -> None:
         raise self._fail()

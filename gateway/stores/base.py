@@ -24,7 +24,9 @@ class CacheEntry:
     model: str
     created_at: float
     expires_at: float
+    category: str = "default"
     hit_count: int = 0
+    last_used_at: float | None = None
 
 
 @runtime_checkable
@@ -47,6 +49,18 @@ class Store(Protocol):
 
     def scan_live(self, *, now: float) -> AsyncIterator[list[CacheEntry]]:
         """All unexpired entries in pages, to rebuild the index on start."""
+        ...
+
+    async def delete(self, entry_ids: list[str]) -> None:
+        """Evict these entries (quota)."""
+        ...
+
+    async def delete_category(self, category: str) -> list[str]:
+        """Drop a category's entries (it left the policy); returns their ids."""
+        ...
+
+    async def retime_category(self, category: str, *, ttl_s: float) -> None:
+        """Apply a changed TTL to a category's existing entries: expiry = creation + ttl_s."""
         ...
 
     async def ping(self) -> None:

@@ -29,12 +29,17 @@ CREATE TABLE IF NOT EXISTS entries (
     created_at REAL NOT NULL,
     expires_at REAL NOT NULL,
     hit_count  INTEGER NOT NULL DEFAULT 0,
-    last_hit_at REAL
+    last_hit_at REAL,
+    category   TEXT NOT NULL DEFAULT 'default'
 );
 CREATE INDEX IF NOT EXISTS entries_exact ON entries (exact_key);
 CREATE INDEX IF NOT EXISTS entries_expiry ON entries (expires_at);
 """
-_COLUMNS = "entry_id, scope_key, exact_key, prompt, embedding, document, created_at, expires_at, hit_count"
+_CATEGORY_INDEX = "CREATE INDEX IF NOT EXISTS entries_category ON entries (category)"
+_COLUMNS = (
+    "entry_id, scope_key, exact_key, prompt, embedding, document, created_at, expires_at, hit_count, "
+    "category, last_hit_at"
+)
 _PAGE = 1000
 
 
@@ -51,12 +56,12 @@ def _to_row(entry: CacheEntry) -> tuple[Any, ...]:
     blob = None if entry.embedding is None else np.asarray(entry.embedding, dtype=np.float32).tobytes()
     return (
         entry.entry_id, entry.scope_key, entry.exact_key, entry.prompt, blob, document,
-        entry.created_at, entry.expires_at, entry.hit_count,
+        entry.created_at, entry.expires_at, entry.hit_count, entry.category, entry.last_used_at,
     )  # fmt: skip
 
 
 def _from_row(row: tuple[Any, ...]) -> CacheEntry:
-    entry_id, scope_key, exact_key, prompt, blob, document, created_at, expires_at, hit_count = row
+    entry_id, scope_key, exact_key, prompt, blob, document, created_at, expires_at, hit_count, category, last_hit = row
     doc = json.loads(document)
     if doc.get("format_version") != FORMAT_VERSION:
         raise StoreError(f"entry {entry_id} has unknown format_version {doc.get('format_version')!r}")
@@ -71,7 +76,9 @@ def _from_row(row: tuple[Any, ...]) -> CacheEntry:
         model=doc["model"],
         created_at=created_at,
         expires_at=expires_at,
+        category=category,
         hit_count=hit_count,
+        last_used_at=last_hit,
     )
 
 
@@ -102,6 +109,10 @@ class SqliteStore:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         db.executescript(_SCHEMA)
+        columns = {row[1] for row in db.execute("PRAGMA table_info(entries)")}
+        if "category" not in columns:  # a file from before categories: everything was "default"
+            db.execute("ALTER TABLE entries ADD COLUMN category TEXT NOT NULL DEFAULT 'default'")
+        db.execute(_CATEGORY_INDEX)
         self._db = db
 
     def _close(self) -> None:
@@ -136,7 +147,7 @@ class SqliteStore:
                 )
             ]
             db.execute("DELETE FROM entries WHERE exact_key = ? AND entry_id != ?", (entry.exact_key, entry.entry_id))
-            db.execute(f"INSERT OR REPLACE INTO entries ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)", _to_row(entry))
+            db.execute(f"INSERT OR REPLACE INTO entries ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)", _to_row(entry))
         return replaced
 
     async def get(self, entry_id: str, *, now: float) -> CacheEntry | None:
@@ -191,6 +202,31 @@ class SqliteStore:
             (after, now, _PAGE),
         )
         return [_from_row(row) for row in rows]
+
+    async def delete(self, entry_ids: list[str]) -> None:
+        if entry_ids:
+            await self._call(self._delete, entry_ids)
+
+    def _delete(self, entry_ids: list[str]) -> None:
+        self._conn().executemany("DELETE FROM entries WHERE entry_id = ?", [(entry_id,) for entry_id in entry_ids])
+
+    async def delete_category(self, category: str) -> list[str]:
+        return await self._call(self._delete_category, category)
+
+    def _delete_category(self, category: str) -> list[str]:
+        db = self._conn()
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            ids = [row[0] for row in db.execute("SELECT entry_id FROM entries WHERE category = ?", (category,))]
+            db.execute("DELETE FROM entries WHERE category = ?", (category,))
+        return ids
+
+    async def retime_category(self, category: str, *, ttl_s: float) -> None:
+        await self._call(
+            lambda: self._conn().execute(
+                "UPDATE entries SET expires_at = created_at + ? WHERE category = ?", (ttl_s, category)
+            )
+        )
 
     async def ping(self) -> None:
         await self._call(lambda: self._conn().execute("SELECT 1").fetchone())
