@@ -59,6 +59,7 @@ def test_serve_runs_the_example_config_against_an_upstream(tmp_path: Path, upstr
     config = yaml.safe_load((REPO / "config.example.yaml").read_text())
     config["upstream"]["api_base"] = f"{upstream.url}/v1"
     config["cache"]["store"]["path"] = str(tmp_path / "cache.db")
+    config["policy"] = str(REPO / config["policy"])
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     port = free_port()
