@@ -276,6 +276,8 @@ def write_config(workdir: Path, *, upstream_url: str, gateway_port: int, max_wai
     config["server"]["port"] = gateway_port
     config["upstream"]["api_base"] = f"{upstream_url}/v1"
     config["cache"]["store"]["path"] = str(workdir / "cache.db")
+    if config.get("policy"):  # relative to the config file, which now lives elsewhere
+        config["policy"] = str((ROOT / config["policy"]).resolve())
     if max_wait_ms is not None:
         config["embedding"]["max_wait_ms"] = max_wait_ms
     path = workdir / "config.yaml"
@@ -303,7 +305,15 @@ async def store_pairs(bench: Bench, results: dict[str, Any]) -> list[tuple[str, 
     for original, paraphrase in PAIRS:
         _, exact = await bench.post(bench.gateway, original, HIT_KEY)
         _, semantic = await bench.post(bench.gateway, paraphrase, HIT_KEY)
-        probe.append((paraphrase, outcome(semantic), semantic.headers.get("x-semcache-similarity")))
+        categories = (exact.headers.get("x-semcache-category"), semantic.headers.get("x-semcache-category"))
+        probe.append(
+            (
+                paraphrase,
+                outcome(semantic),
+                semantic.headers.get("x-semcache-similarity"),
+                "/".join(map(str, categories)),
+            )
+        )
         if outcome(exact) == "exact" and outcome(semantic) == "hit":
             pairs.append((original, paraphrase))
     if not pairs:
@@ -329,19 +339,21 @@ async def direct_and_miss(bench: Bench, count: int, results: dict[str, Any]) -> 
 
 async def hits_and_floor(
     bench: Bench, embedder: Any, pairs: Sequence[tuple[str, str]], count: int, *, search_k: int, results: dict[str, Any]
-) -> tuple[Series, Series, Series]:
-    """(c), (d) and (e), interleaved. The floor's index holds the same originals as the hit scope."""
+) -> tuple[Series, Series, Series, Series]:
+    """(c), (d), (e) and the HTTP floor (f), interleaved. The floor's index holds the same originals
+    as the hit scope."""
     from gateway.index import IndexItem, VectorIndex
 
     index = VectorIndex(embedder.dimension)
     try:
-        far = time.time() + 86_400
+        now = time.time()
         vectors = embedder.embed([original for original, _ in pairs])
         items = [
-            IndexItem(entry_id=str(i), scope="bench", vector=v.vector, expires_at=far) for i, v in enumerate(vectors)
+            IndexItem(entry_id=str(i), scope="bench", vector=v.vector, created_at=now, expires_at=now + 86_400)
+            for i, v in enumerate(vectors)
         ]
         await index.add(items)
-        hit, exact, floor, similarities, outcomes = [], [], [], [], Counter[str]()
+        hit, exact, floor, http, similarities, outcomes = [], [], [], [], [], Counter[str]()
         for i in range(count):
             original, paraphrase = pairs[i % len(pairs)]
             elapsed_ms, response = await bench.post(bench.gateway, paraphrase, HIT_KEY)
@@ -358,6 +370,7 @@ async def hits_and_floor(
             floor.append((time.perf_counter() - started) * 1000)
             if not matches:
                 raise SystemExit("the floor's index search found nothing")
+            http.append((await timed(lambda: bench.client.get(f"{bench.gateway}/healthz")))[0])
     finally:
         index.close()
     results["hit_outcomes"] = dict(outcomes)
@@ -366,6 +379,7 @@ async def hits_and_floor(
         Series("(c) gateway semantic hit", hit),
         Series("(d) gateway exact hit", exact),
         Series("(e) floor: embed 1 + index search, in-process", floor),
+        Series("(f) HTTP floor: GET /healthz on the gateway", http),
     )
 
 
@@ -380,7 +394,14 @@ async def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     )
     config = yaml.safe_load(config_path.read_text())
     embedding, cache = config["embedding"], config["cache"]
-    results: dict[str, Any] = {"config": {**embedding, "similarity_threshold": cache["similarity_threshold"]}}
+    batch = int(embedding.get("max_batch", 32))
+    results: dict[str, Any] = {
+        "config": {
+            **embedding,
+            "similarity_threshold": cache.get("similarity_threshold"),
+            "policy": config.get("policy"),
+        }
+    }
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     upstream_cmd = [sys.executable, str(ROOT / "examples" / "simulated_upstream.py"), "--port", str(upstream_port)]
@@ -392,9 +413,13 @@ async def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     ):
         # The bench's own model and litellm load while both servers start.
         status("loading the embedding model and litellm in-process (servers start meanwhile)")
-        embedder = SentenceTransformerEmbedder(embedding["model"], threads=embedding["threads"])
+        embedder = SentenceTransformerEmbedder(embedding["model"], threads=embedding.get("threads", 1))
         litellm = import_litellm()
-        limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
+        # Idle connections are dropped well before uvicorn's 5 s keep-alive timeout, so that no request
+        # races the server closing its connection while the bench measures something in-process.
+        limits = httpx.Limits(
+            max_connections=args.concurrency, max_keepalive_connections=args.concurrency, keepalive_expiry=2.0
+        )
         async with httpx.AsyncClient(timeout=60, limits=limits) as client:
             await wait_ready(client, f"{upstream_url}/v1/models", up_proc, log=up_log, timeout_s=60)
             await wait_ready(client, f"{gateway_url}/readyz", gw_proc, log=gw_log, timeout_s=180)
@@ -406,14 +431,24 @@ async def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             status(f"(a) upstream direct vs (b) gateway miss: {args.requests} unique prompts each, interleaved")
             a, b = await direct_and_miss(bench, args.requests, results)
             status("(c) semantic hit vs (d) exact hit vs (e) embed + search in-process, interleaved")
-            c, d, e = await hits_and_floor(
-                bench, embedder, pairs, args.requests, search_k=cache["search_k"], results=results
+            c, d, e, f = await hits_and_floor(
+                bench, embedder, pairs, args.requests, search_k=cache.get("search_k", 4), results=results
             )
-            results["series"] = dict(zip("abcde", (a, b, c, d, e), strict=True))
-            status(f"hits/s at concurrency {args.concurrency}: {args.concurrent_requests} semantic-hit requests")
-            results["concurrent"] = await concurrent_hits(bench, pairs, args.concurrency, args.concurrent_requests)
-            status(f"embedder throughput in-process, batches of {embedding['max_batch']}")
-            results["embedder_texts_per_s"] = batched_throughput(embedder, pairs, embedding["max_batch"])
+            results["series"] = dict(zip("abcdef", (a, b, c, d, e, f), strict=True))
+            status(
+                f"hits/s at concurrency {args.concurrency} ({args.concurrent_requests} requests) vs the embedder "
+                f"in batches of {batch} vs the batcher in-process, alternating rounds"
+            )
+            results["concurrent"] = await throughput(
+                bench,
+                embedder,
+                pairs,
+                concurrency=args.concurrency,
+                total=args.concurrent_requests,
+                batch=batch,
+                max_wait_ms=float(embedding.get("max_wait_ms", 2.0)),
+                gateway_pid=gw_proc.pid,
+            )
             status(f"litellm.acompletion vs raw httpx POST to the upstream, {args.requests} each, interleaved")
             results["litellm"], results["httpx"] = await litellm_cost(litellm, bench, args.requests)
             metrics = (await client.get(f"{gateway_url}/metrics")).text
@@ -425,44 +460,128 @@ async def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     return results
 
 
-async def concurrent_hits(
-    bench: Bench, pairs: Sequence[tuple[str, str]], concurrency: int, total: int
-) -> dict[str, Any]:
-    paraphrases = itertools.cycle([paraphrase for _, paraphrase in pairs])
+def process_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of a process, all threads (Linux /proc); None elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    async def run(count: int) -> tuple[float, Counter[str]]:
-        outcomes = Counter[str]()
-        remaining = count
+
+def machine_cpu_s() -> tuple[float, float] | None:
+    """(busy, idle) CPU seconds of the whole machine since boot (Linux /proc/stat); None elsewhere."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except OSError:
+        return None
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK"), idle / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(slots=True)
+class Tally:
+    seconds: float = 0.0
+    count: int = 0
+
+    @property
+    def rate(self) -> float:
+        return self.count / self.seconds if self.seconds else 0.0
+
+
+async def throughput(
+    bench: Bench,
+    embedder: Any,
+    pairs: Sequence[tuple[str, str]],
+    *,
+    concurrency: int,
+    total: int,
+    batch: int,
+    max_wait_ms: float,
+    gateway_pid: int,
+    rounds: int = 3,
+) -> dict[str, Any]:
+    """Hits/s over HTTP with `concurrency` clients, the embedder alone in batches of `batch`, and the
+    batcher alone with `concurrency` callers, in alternating rounds so that other load on the
+    machine falls on all three alike."""
+    from embeddings import BatcherConfig, EmbeddingBatcher
+
+    paraphrases = [paraphrase for _, paraphrase in pairs]
+    texts = itertools.cycle(paraphrases)
+    http, model, batched = Tally(), Tally(), Tally()
+    outcomes, timed = Counter[str](), Counter[str]()
+    cpu = {"gateway_s": 0.0, "client_s": 0.0, "embedder_s": 0.0, "machine_busy_s": 0.0, "machine_idle_s": 0.0}
+
+    async def concurrently(count: int, call: Callable[[str], Awaitable[bool]]) -> tuple[float, int]:
+        remaining, done = count, 0
 
         async def worker() -> None:
-            nonlocal remaining
+            nonlocal remaining, done
             while remaining > 0:
                 remaining -= 1
-                _, response = await bench.post(bench.gateway, next(paraphrases), HIT_KEY)
-                outcomes[response.headers.get("x-semcache", "?")] += 1
+                succeeded = await call(next(texts))  # awaited first: `done += await ...` loses updates
+                done += succeeded
 
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return time.perf_counter() - started, outcomes
+        return time.perf_counter() - started, done
 
-    await run(concurrency * 4)  # warm-up: opens every connection
-    elapsed_s, outcomes = await run(total)
+    async def hit(text: str) -> bool:
+        _, response = await bench.post(bench.gateway, text, HIT_KEY)
+        outcomes[outcome(response)] += 1
+        return outcome(response) == "hit"
+
+    async def via_batcher(text: str) -> bool:
+        await batcher.embed(text)
+        return True
+
+    batch_texts = list(itertools.islice(itertools.cycle(paraphrases), batch))
+    async with EmbeddingBatcher(embedder, BatcherConfig(max_batch=batch, max_wait_ms=max_wait_ms)) as batcher:
+        await concurrently(concurrency * 2, hit)  # warm-up: opens every connection
+        await concurrently(concurrency, via_batcher)
+        embedder.embed(batch_texts)
+        for _ in range(rounds):
+            await concurrently(concurrency, hit)  # untimed: reopens the connections dropped while idle
+            before, gateway_cpu, client_cpu = outcomes.copy(), process_cpu_s(gateway_pid), time.process_time()
+            machine = machine_cpu_s()
+            elapsed_s, hits = await concurrently(total // rounds, hit)
+            timed.update(outcomes - before)
+            http.seconds += elapsed_s
+            http.count += hits
+            cpu["client_s"] += time.process_time() - client_cpu
+            if gateway_cpu is not None:
+                cpu["gateway_s"] += (process_cpu_s(gateway_pid) or 0.0) - gateway_cpu
+            if machine is not None and (after := machine_cpu_s()) is not None:
+                cpu["machine_busy_s"] += after[0] - machine[0]
+                cpu["machine_idle_s"] += after[1] - machine[1]
+            started, thread_cpu = time.perf_counter(), time.thread_time()
+            while (elapsed_s := time.perf_counter() - started) < 1.0:
+                embedder.embed(batch_texts)
+                model.count += batch
+            model.seconds += elapsed_s
+            cpu["embedder_s"] += time.thread_time() - thread_cpu
+            elapsed_s, done = await concurrently(max(batch, total // rounds // 2), via_batcher)
+            batched.seconds += elapsed_s
+            batched.count += done
+    requests = sum(timed.values())
     return {
-        "elapsed_s": elapsed_s,
-        "outcomes": dict(outcomes),
-        "hits_per_s": outcomes["hit"] / elapsed_s,
-        "requests_per_s": total / elapsed_s,
+        "outcomes": dict(timed),
+        "hits_per_s": http.rate,
+        "embedder_texts_per_s": model.rate,
+        "batcher_texts_per_s": batched.rate,
+        "gateway_cpu_ms_per_request": cpu["gateway_s"] * 1000 / requests if requests else None,
+        "client_cpu_ms_per_request": cpu["client_s"] * 1000 / requests if requests else None,
+        "http_seconds": http.seconds,
+        "embedder_cpu_ms_per_text": cpu["embedder_s"] * 1000 / model.count if model.count else None,
+        "machine_busy_share": (
+            cpu["machine_busy_s"] / (cpu["machine_busy_s"] + cpu["machine_idle_s"]) if cpu["machine_idle_s"] else None
+        ),
+        "others_cpu_ms_per_request": (
+            (cpu["machine_busy_s"] - cpu["gateway_s"] - cpu["client_s"]) * 1000 / requests
+            if cpu["machine_busy_s"] and requests
+            else None
+        ),
     }
-
-
-def batched_throughput(embedder: Any, pairs: Sequence[tuple[str, str]], batch: int, *, min_s: float = 3.0) -> float:
-    texts = list(itertools.islice(itertools.cycle([paraphrase for _, paraphrase in pairs]), batch))
-    embedder.embed(texts)  # warm-up
-    done, started = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - started) < min_s or done < batch * 5:
-        embedder.embed(texts)
-        done += batch
-    return done / elapsed
 
 
 async def litellm_cost(litellm: Any, bench: Bench, count: int) -> tuple[Series, Series]:
@@ -512,31 +631,55 @@ def versions() -> str:
     return ", ".join(found)
 
 
+def fmt_ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f} ms"
+
+
+def fmt_ratio(numerator: float | None, denominator: float | None) -> str:
+    if numerator is None or not denominator:
+        return "n/a"
+    return f"{numerator / denominator:.2f} ({numerator:.1f} / {denominator:.1f} ms)"
+
+
+def fmt_share(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.0%}"
+
+
 def report(results: dict[str, Any], args: argparse.Namespace) -> str:
     s: dict[str, Series] = results["series"]
-    a, b, c, d, e = (s[k] for k in "abcde")
+    a, b, c, d, e, f = (s[k] for k in "abcdef")
     ratio_ce = c.p50 / e.p50
     conc = results["concurrent"]
-    embed_rate = results["embedder_texts_per_s"]
+    embed_rate = conc["embedder_texts_per_s"]
     ratio_hits = conc["hits_per_s"] / embed_rate
     lite, raw = results["litellm"], results["httpx"]
     cfg = results["config"]
+    cores = os.cpu_count() or 1
+    policy = os.path.relpath(cfg["policy"], ROOT) if cfg["policy"] else None
     lines = [
-        f"Python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPUs; {versions()}",
-        f"gateway config: embedding max_batch={cfg['max_batch']} max_wait_ms={cfg['max_wait_ms']} "
-        f"threads={cfg['threads']}; similarity_threshold={cfg['similarity_threshold']}; "
+        f"### bench/latency.py, {time.strftime('%Y-%m-%d %H:%M %Z')}",
+        "",
+        f"- Python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPUs; {versions()}",
+        f"- gateway config: embedding max_batch={cfg['max_batch']} max_wait_ms={cfg['max_wait_ms']} "
+        f"threads={cfg['threads']}; policy={policy} (else similarity_threshold={cfg['similarity_threshold']}); "
         f"--requests {args.requests} --concurrency {args.concurrency} "
         f"--concurrent-requests {args.concurrent_requests}",
-        f"paraphrase pairs that hit: {results['pairs_hitting'][0]}/{results['pairs_hitting'][1]}"
+        f"- paraphrase pairs that hit: {results['pairs_hitting'][0]}/{results['pairs_hitting'][1]}"
         + (f" (below threshold: {results['misses_probe']})" if results["misses_probe"] else "")
         + f"; median hit similarity {results['hit_similarity_p50']}",
-        f"outcomes: (b) {results['miss_outcomes']}; (c) {results['hit_outcomes']}; "
+        f"- outcomes: (b) {results['miss_outcomes']}; (c) {results['hit_outcomes']}; "
         f"concurrent {conc['outcomes']}; fail-open counters: {results['fail_open'] or 'none'}",
+        f"- CPU during the concurrent hits ({cores} cores give {cores * 1000 / max(conc['hits_per_s'], 1e-9):.1f} ms "
+        "per hit): "
+        f"gateway {fmt_ms(conc['gateway_cpu_ms_per_request'])} per request, "
+        f"this bench's HTTP client {fmt_ms(conc['client_cpu_ms_per_request'])} per request, "
+        f"everything else on the machine {fmt_ms(conc['others_cpu_ms_per_request'])} per request; "
+        f"machine busy {fmt_share(conc['machine_busy_share'])} of the time",
         "",
         "| measurement | p50 ms | p99 ms | n |",
         "| --- | ---: | ---: | ---: |",
     ]
-    lines += [f"| {x.label} | {x.p50:.2f} | {x.p99:.2f} | {len(x.samples_ms)} |" for x in (a, b, c, d, e)]
+    lines += [f"| {x.label} | {x.p50:.2f} | {x.p99:.2f} | {len(x.samples_ms)} |" for x in (a, b, c, d, e, f)]
     lines += [f"| {x.label} | {x.p50:.2f} | {x.p99:.2f} | {len(x.samples_ms)} |" for x in (lite, raw)]
     lines += [
         "",
@@ -545,10 +688,16 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
         f"| (c) / (e), p50 | {ratio_ce:.2f}x ({c.p50:.2f} / {e.p50:.2f} ms) | ≤ 1.3x | {verdict(ratio_ce <= 1.3)} |",
         f"| (c) / (e), p99 | {c.p99 / e.p99:.2f}x | — | — |",
         f"| (d) exact hit, p50 | {d.p50:.2f} ms | ≤ 2 ms | {verdict(d.p50 <= 2.0)} |",
+        f"| (d) - (f): the exact path above a bare HTTP round trip, p50 | {d.p50 - f.p50:.2f} ms | — | — |",
+        f"| (c) - (e): the semantic path above its floor, p50 | {c.p50 - e.p50:.2f} ms | — | — |",
         f"| (b) - (a), p50 | {b.p50 - a.p50:.2f} ms | — | — |",
         f"| (b) - (a), p99 | {b.p99 - a.p99:.2f} ms | — | — |",
         f"| hits/s at concurrency {args.concurrency} (HTTP) | {conc['hits_per_s']:.0f} | — | — |",
         f"| embedder alone, texts/s in batches of {cfg['max_batch']} | {embed_rate:.0f} | — | — |",
+        f"| batcher in-process, {args.concurrency} concurrent callers, texts/s | "
+        f"{conc['batcher_texts_per_s']:.0f} | — | — |",
+        f"| CPU per text, embedder alone ÷ CPU per hit, gateway process | "
+        f"{fmt_ratio(conc['embedder_cpu_ms_per_text'], conc['gateway_cpu_ms_per_request'])} | — | — |",
         f"| hits/s ÷ embedder texts/s | {ratio_hits:.2f} | ≥ 0.8 | {verdict(ratio_hits >= 0.8)} |",
         f"| litellm.acompletion - raw httpx, p50 | {lite.p50 - raw.p50:.2f} ms "
         f"({lite.p50:.2f} vs {raw.p50:.2f}) | — | — |",
@@ -573,7 +722,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="semcache-bench-") as workdir:
         coroutine = measure(args, Path(workdir))
-        results = uvloop.run(coroutine) if uvloop is not None else asyncio.run(coroutine)
+        try:
+            results = uvloop.run(coroutine) if uvloop is not None else asyncio.run(coroutine)
+        except Exception:
+            for log in sorted(Path(workdir).glob("*.log")):
+                print(f"--- last lines of {log.name} ---\n{log_tail(log)}", file=sys.stderr)
+            raise
     status(f"done in {time.perf_counter() - started:.0f} s")
     print(report(results, args))
     return 0

@@ -83,7 +83,7 @@ def _usage(body: dict[str, Any], text: str) -> dict[str, int]:
     }
 
 
-def create_upstream_app(state: UpstreamState | None = None) -> Starlette:
+def create_upstream_app(state: UpstreamState | None = None) -> Starlette:  # noqa: PLR0915 - one closure per route
     state = state or UpstreamState()
 
     async def chat_completions(request: Request) -> Response:
