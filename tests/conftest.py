@@ -3,6 +3,7 @@ each a real server on a free loopback port."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -13,6 +14,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from hypothesis import settings
 
 from embeddings import Embedder, SentenceTransformerEmbedder
 from examples.simulated_upstream import UpstreamState, create_upstream_app
@@ -22,6 +24,12 @@ from gateway.engine import Clock
 from gateway.stores import Store
 from tests.doubles import CountingEmbedder, FakeClock
 from tests.servers import RunningServer, serve
+
+# The same examples on every run, so CI cannot pass or fail by the luck of the draw; a failure
+# prints the blob to reproduce it. (HYPOTHESIS_PROFILE=explore for fresh random examples.)
+settings.register_profile("deterministic", derandomize=True, print_blob=True)
+settings.register_profile("explore", print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "deterministic"))
 
 
 @pytest.fixture(scope="session")
