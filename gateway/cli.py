@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 
 from gateway.config import load_config, resolve_secrets
 from gateway.errors import ConfigError
@@ -41,6 +42,39 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _calibrate(args: argparse.Namespace) -> int:
+    from embeddings import SentenceTransformerEmbedder
+    from gateway.calibrate import calibrate, read_pairs, report
+    from gateway.semantic_cache import implied_policy
+    from policies import load_policy
+
+    config = load_config(args.config)
+    policy = load_policy(config.policy) if config.policy is not None else implied_policy(config)
+    pairs = read_pairs(Path(args.pairs))
+    print(f"semcache calibrate: {len(pairs)} labelled pairs, {len(policy.names)} categories", file=sys.stderr)
+    embedder = SentenceTransformerEmbedder(config.embedding.model, threads=config.embedding.threads)
+    result = calibrate(
+        pairs,
+        policy=policy,
+        embedder=embedder,
+        target_precision=args.target_precision,
+        confidence=args.confidence,
+        progress=lambda message: print(f"  {message}", file=sys.stderr, flush=True),
+    )
+    snippet = report(result, target_precision=args.target_precision, confidence=args.confidence)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "thresholds.yaml").write_text(snippet)
+        if result.verifier_json is not None:
+            (out / "verifier.json").write_text(result.verifier_json)
+        print(f"wrote {out}/thresholds.yaml" + (" and verifier.json" if result.verifier_json else ""), file=sys.stderr)
+    if all(found is None for found in result.thresholds.values()) and result.verifier_json is None:
+        print("not enough evidence for this target: add labelled pairs or lower the target", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="semcache", description="Semantic cache gateway for LLM APIs")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -51,6 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--access-log", action="store_true", help="log every request")
     serve.set_defaults(run=_serve)
+    calibrate = commands.add_parser("calibrate", help="per-category thresholds and a verifier from labelled pairs")
+    calibrate.add_argument("--config", required=True, help="the gateway config (its policy and embedding model)")
+    calibrate.add_argument("--pairs", required=True, help="JSON lines: a, b, label (0/1) or score (0-5)")
+    calibrate.add_argument("--target-precision", type=float, default=0.95)
+    calibrate.add_argument("--confidence", type=float, default=0.95, help="of the lower bound on precision")
+    calibrate.add_argument("--out", help="folder for thresholds.yaml and verifier.json")
+    calibrate.set_defaults(run=_calibrate)
     return parser
 
 

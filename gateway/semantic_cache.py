@@ -95,6 +95,17 @@ class ReloadResult:
 _PARSERS = {"chat": parse_chat_request, "text": parse_text_request}
 
 
+def implied_policy(config: GatewayConfig) -> Policy:
+    """Without a policy file: one `default` category from the config's cache section."""
+    cache = config.cache
+    implied = {
+        "similarity_threshold": cache.similarity_threshold,
+        "ttl_s": cache.ttl_s,
+        "max_entries": cache.max_entries,
+    }
+    return parse_policy({"categories": [{"name": DEFAULT, **implied}]}, source="cache section of the config")
+
+
 async def _purge_periodically(engine: CacheEngine, interval_s: float) -> None:
     while True:
         await asyncio.sleep(interval_s)
@@ -208,13 +219,7 @@ class SemanticCache:
         """The policy file, or the one-category policy the `cache` section implies. Raises `PolicyError`."""
         if self.config.policy is not None:
             return await asyncio.to_thread(load_policy, self.config.policy)
-        cache = self.config.cache
-        implied = {
-            "similarity_threshold": cache.similarity_threshold,
-            "ttl_s": cache.ttl_s,
-            "max_entries": cache.max_entries,
-        }
-        return parse_policy({"categories": [{"name": DEFAULT, **implied}]}, source="cache section of the config")
+        return implied_policy(self.config)
 
     async def _activate(self, policy: Policy) -> ActivePolicy:
         """Embed the exemplars once, on the embedder's thread, and build the classifier."""
