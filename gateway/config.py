@@ -99,6 +99,9 @@ class GatewayConfig:
     # A category policy file (see examples/policies/); relative to the config file. Unset: one
     # "default" category with cache.similarity_threshold, cache.ttl_s and cache.max_entries.
     policy: str | None = None
+    # A verifier fitted by `semcache calibrate` (verifier.json); relative to the config file. With
+    # it, semantic candidates from its floor up are served only if it accepts them.
+    verifier: str | None = None
     admin: AdminConfig = field(default_factory=AdminConfig)
     # Callers whose key is listed share their tenant's cache; any other key is its own tenant.
     tenants: tuple[TenantConfig, ...] = ()
@@ -138,8 +141,11 @@ def load_config(path: str | Path) -> GatewayConfig:
     except yaml.YAMLError as exc:
         raise ConfigError(str(path), [f"not valid YAML: {exc}"]) from exc
     config = parse_config(data, source=str(path))
+    here = Path(path).parent
     if config.policy is not None:
-        config = replace(config, policy=str((Path(path).parent / config.policy).resolve()))
+        config = replace(config, policy=str((here / config.policy).resolve()))
+    if config.verifier is not None:
+        config = replace(config, verifier=str((here / config.verifier).resolve()))
     return config
 
 

@@ -18,6 +18,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
@@ -27,6 +28,7 @@ from embeddings import BatcherConfig, Embedder, EmbeddingBatcher, SentenceTransf
 from gateway.cache_control import CacheControl
 from gateway.config import GatewayConfig
 from gateway.engine import ActivePolicy, CacheEngine, Clock, Hit, LookupSettings, Miss
+from gateway.errors import ConfigError
 from gateway.metrics import Metrics
 from gateway.scope import CacheKey, cache_key, tenant_for
 from gateway.stores import SqliteStore, Store
@@ -40,7 +42,7 @@ from gateway.wire import (
     replay_completion,
 )
 from policies import DEFAULT, CategoryClassifier, Policy, load_policy, parse_policy
-from policies.verifier import Verifier
+from policies.verifier import LogisticVerifier, Verifier, VerifierError
 
 logger = logging.getLogger("semcache.cache")
 
@@ -193,6 +195,12 @@ class SemanticCache:
             )
         )
         self._batcher = batcher
+        if self._verifier is None and config.verifier is not None:
+            try:
+                text = await asyncio.to_thread(Path(config.verifier).read_text, encoding="utf-8")
+                self._verifier = LogisticVerifier.from_json(text)
+            except (OSError, VerifierError) as exc:
+                raise ConfigError(config.verifier, [f"verifier: {exc}"]) from exc
         policy = await self._read_policy()
         engine = CacheEngine(
             store=store,

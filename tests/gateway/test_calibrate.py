@@ -54,3 +54,39 @@ def test_an_impossible_target_gives_no_threshold(tmp_path: Path, real_embedder: 
         target_precision=0.99, confidence=0.99, progress=lambda _: None,
     )  # fmt: skip
     assert result.thresholds["default"] is None
+
+
+def test_a_calibrated_verifier_is_loaded_from_the_config(tmp_path: Path, real_embedder: Embedder) -> None:
+    import asyncio
+    from dataclasses import replace
+
+    import pytest
+
+    from gateway.config import CacheConfig, GatewayConfig, StoreConfig
+    from gateway.errors import ConfigError
+    from gateway.semantic_cache import SemanticCache
+    from policies.verifier import LogisticVerifier, fit_verifier, pair_features
+
+    same = [("How do I reverse a list in Python?", "python: reverse a list", 0.98, 1),
+            ("What was the price of gold in 2024?", "What was the price of gold in 2023?", 0.97, 0),
+            ("Convert km to miles", "Convert miles to km", 0.99, 0),
+            ("How can I improve my sleep?", "How can I improve the quality of my sleep?", 0.96, 1)] * 5  # fmt: skip
+    features = [pair_features(a, b, s) for a, b, s, _ in same]
+    import numpy as np
+
+    verifier = fit_verifier(np.stack(features), np.array([label for *_, label in same], dtype=bool), floor=0.8, l2=1.0)
+    (tmp_path / "verifier.json").write_text(verifier.to_json())
+    config = GatewayConfig(
+        cache=CacheConfig(store=StoreConfig(path=str(tmp_path / "cache.db"))), verifier=str(tmp_path / "verifier.json")
+    )
+
+    async def open_with(config: GatewayConfig) -> float:
+        async with SemanticCache(config, embedder=real_embedder) as cache:
+            loaded = cache._verifier
+            assert isinstance(loaded, LogisticVerifier)
+            return loaded.floor
+
+    assert asyncio.run(open_with(config)) == 0.8
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(ConfigError):
+        asyncio.run(open_with(replace(config, verifier=str(tmp_path / "bad.json"))))
