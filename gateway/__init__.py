@@ -1,13 +1,15 @@
 """semcache: a semantic cache gateway for OpenAI-compatible LLM APIs.
 
 Three ways in: the proxy (`semcache serve`, or `create_app(config)` under any ASGI server), the
-library (`SemanticCache`), and the ASGI middleware (`SemanticCacheMiddleware`).
+library (`SemanticCache`), and the ASGI middleware (`SemanticCacheMiddleware`). LiteLLM's SDK and
+proxy plug in through `gateway.litellm_cache` (imported on its own, since it imports litellm).
 """
 
 from gateway.app import create_app
 from gateway.cache_control import CacheControl
 from gateway.config import GatewayConfig, load_config, parse_config, resolve_secrets
 from gateway.errors import ClientFacingError, ConfigError, GatewayError, InvalidRequest, UpstreamError
+from gateway.middleware import SemanticCacheMiddleware
 from gateway.semantic_cache import CacheHit, CacheMiss, Lookup, NotCacheable, SemanticCache
 
 __all__ = [
@@ -22,6 +24,7 @@ __all__ = [
     "Lookup",
     "NotCacheable",
     "SemanticCache",
+    "SemanticCacheMiddleware",
     "UpstreamError",
     "create_app",
     "load_config",
