@@ -34,6 +34,9 @@ def import_litellm() -> Any:
     import litellm
 
     litellm.telemetry = False
+    # litellm's default aiohttp transport leaves client sessions for the garbage collector to find
+    # after its event loop is gone; its httpx transport is closed by close_litellm_async_clients.
+    litellm.disable_aiohttp_transport = True
     litellm.suppress_debug_info = True
     litellm.drop_params = False
     return litellm
