@@ -59,17 +59,19 @@ class Served:
     def client(self, api_key: str = "sk-tenant-a") -> openai.OpenAI:
         return openai.OpenAI(base_url=f"{self.url}/v1", api_key=api_key, max_retries=0)
 
-    def ask(self, prompt: str, **params: Any) -> tuple[dict[str, str], str | None]:
-        raw = self.client().chat.completions.with_raw_response.create(
-            model="sim-large", messages=[{"role": "user", "content": prompt}], **params
-        )
-        return dict(raw.headers), raw.parse().choices[0].message.content
+    def ask(self, prompt: str, *, api_key: str = "sk-tenant-a", **params: Any) -> tuple[dict[str, str], str | None]:
+        with self.client(api_key) as client:
+            raw = client.chat.completions.with_raw_response.create(
+                model="sim-large", messages=[{"role": "user", "content": prompt}], **params
+            )
+            return dict(raw.headers), raw.parse().choices[0].message.content
 
     def ask_streaming(self, prompt: str, **params: Any) -> tuple[dict[str, str], str, list[Any]]:
-        raw = self.client().chat.completions.with_raw_response.create(
-            model="sim-large", messages=[{"role": "user", "content": prompt}], stream=True, **params
-        )
-        chunks = list(raw.parse())
+        with self.client() as client:
+            raw = client.chat.completions.with_raw_response.create(
+                model="sim-large", messages=[{"role": "user", "content": prompt}], stream=True, **params
+            )
+            chunks = list(raw.parse())
         text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
         return dict(raw.headers), text, chunks
 
@@ -215,11 +217,9 @@ def test_different_api_key_never_sees_another_tenants_answer(starlette_app: tupl
     app.ask(QUESTION)
     wait_until_stored(app.cache, 1)
 
-    raw = app.client("sk-tenant-b").chat.completions.with_raw_response.create(
-        model="sim-large", messages=[{"role": "user", "content": QUESTION}]
-    )
+    headers, _ = app.ask(QUESTION, api_key="sk-tenant-b")
 
-    assert raw.headers["x-semcache"] == "miss"
+    assert headers["x-semcache"] == "miss"
     assert len(state.received) == 2
 
 
@@ -272,8 +272,7 @@ def test_custom_path_prefix(cache: SemanticCache) -> None:
         await create_upstream_app(state)({**scope, "path": scope["path"].removeprefix("/llm")}, receive, send)
 
     app = SemanticCacheMiddleware(mounted, cache=cache, path_prefix="/llm/v1/")
-    with served(app, cache) as running:
-        client = openai.OpenAI(base_url=f"{running.url}/llm/v1", api_key="sk-a", max_retries=0)
+    with served(app, cache) as running, openai.OpenAI(base_url=f"{running.url}/llm/v1", api_key="sk-a") as client:
         create = client.chat.completions.with_raw_response.create
         first = create(model="sim-large", messages=[{"role": "user", "content": QUESTION}])
         wait_until_stored(cache, 1)
