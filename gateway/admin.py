@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse, Response
 
 from gateway.config import AdminConfig
 from gateway.errors import ClientFacingError, RouteNotFound
-from gateway.proxy import bearer_key, error_response
+from gateway.responses import bearer_key, error_response
 from gateway.semantic_cache import SemanticCache
 from policies import PolicyError
 

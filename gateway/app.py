@@ -23,7 +23,8 @@ from gateway.engine import Clock
 from gateway.errors import ClientFacingError, MethodNotAllowed, ServiceUnavailable
 from gateway.metrics import Metrics
 from gateway.passthrough import Passthrough
-from gateway.proxy import Proxy, error_response, not_found
+from gateway.proxy import Proxy, not_found
+from gateway.responses import error_response
 from gateway.semantic_cache import SemanticCache
 from gateway.singleflight import SingleFlight
 from gateway.stores import Store

@@ -28,12 +28,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from starlette.datastructures import Headers
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.cache_control import CacheControl, parse_cache_control
@@ -41,9 +40,9 @@ from gateway.config import GatewayConfig
 from gateway.engine import Outcome
 from gateway.errors import ClientFacingError, InvalidRequest
 from gateway.lifetime import CacheLifetime
-from gateway.proxy import bearer_key, error_response
+from gateway.responses import bearer_key, error_response, lookup_headers, stored_response
 from gateway.semantic_cache import CacheHit, CacheMiss, NotCacheable, SemanticCache
-from gateway.streams import StreamRecorder, replay_chat_stream, replay_text_stream
+from gateway.streams import StreamRecorder
 from gateway.wire import CompletionRequest, Endpoint, parse_json
 
 logger = logging.getLogger("semcache.middleware")
@@ -173,19 +172,16 @@ class SemanticCacheMiddleware:
             self._count("invalid")
             await error_response(error)(scope, receive, send)
             return
+        headers = lookup_headers(found)
         if isinstance(found, NotCacheable):
             self._count(Outcome.BYPASS)
-            headers = {"x-semcache": Outcome.BYPASS, "x-semcache-reason": found.reason, **_category(found.category)}
             await self._forward(scope, receive, send, headers)
             return
         if isinstance(found, CacheHit):
             self._count(found.outcome)
-            await _stored_response(found)(scope, receive, send)
+            await stored_response(found.request, found.answer, headers)(scope, receive, send)
             return
         self._count(Outcome.MISS)
-        headers = {"x-semcache": Outcome.MISS, **_similarity(found.best_similarity), **_category(found.category)}
-        if found.reason is not None:
-            headers["x-semcache-reason"] = found.reason
         on_complete = self._remember(found) if control.store else None
         await self._forward(scope, receive, send, headers, on_complete=on_complete, endpoint=request.endpoint)
 
@@ -269,34 +265,6 @@ class _Replay:
 def _with_content_length(scope: Scope, length: int) -> Scope:
     headers = [(name, value) for name, value in scope["headers"] if name.lower() != b"content-length"]
     return {**scope, "headers": [*headers, (b"content-length", str(length).encode())]}
-
-
-def _similarity(value: float | None) -> dict[str, str]:
-    return {} if value is None else {"x-semcache-similarity": f"{value:.4f}"}
-
-
-def _category(name: str | None) -> dict[str, str]:
-    return {} if name is None else {"x-semcache-category": name}
-
-
-def _stored_response(hit: CacheHit) -> Response:
-    headers = {
-        "x-semcache": hit.outcome,
-        "x-semcache-entry": hit.entry_id,
-        **_similarity(hit.similarity),
-        **_category(hit.category),
-    }
-    request = hit.request
-    if not request.stream:
-        return JSONResponse(hit.answer, headers=headers)
-    replay = replay_chat_stream if request.endpoint == "chat" else replay_text_stream
-    events = replay(hit.answer, include_usage=request.include_usage)
-    return StreamingResponse(_iterate(events), media_type="text/event-stream", headers=headers)
-
-
-async def _iterate(events: Iterator[bytes]) -> AsyncIterator[bytes]:
-    for event in events:
-        yield event
 
 
 class _Relay:

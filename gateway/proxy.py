@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -23,9 +23,10 @@ from gateway.errors import (
 )
 from gateway.metrics import Metrics
 from gateway.passthrough import Passthrough
+from gateway.responses import bearer_key, error_response, lookup_headers, stored_response
 from gateway.semantic_cache import CacheHit, NotCacheable, SemanticCache
 from gateway.singleflight import SingleFlight
-from gateway.streams import DONE, StreamRecorder, replay_chat_stream, replay_text_stream
+from gateway.streams import DONE, StreamRecorder
 from gateway.upstream import Upstream
 from gateway.wire import (
     CompletionRequest,
@@ -43,18 +44,6 @@ Parser = Callable[[Any], CompletionRequest]
 OnComplete = Callable[[Mapping[str, Any]], None]
 
 
-def error_response(error: ClientFacingError, headers: Mapping[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(error.body(), status_code=error.status_code, headers=dict(headers or {}))
-
-
-def bearer_key(request: Request) -> str | None:
-    authorization = request.headers.get("authorization", "")
-    scheme, _, token = authorization.partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return token.strip()
-    return request.headers.get("api-key") or None  # Azure-style clients
-
-
 async def read_body(request: Request, *, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -67,24 +56,6 @@ async def read_body(request: Request, *, limit: int) -> bytes:
             raise PayloadTooLarge(f"request body is larger than {limit} bytes", code="request_too_large")
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-def _category(name: str | None) -> dict[str, str]:
-    return {} if name is None else {"x-semcache-category": name}
-
-
-def _similarity(value: float | None) -> dict[str, str]:
-    return {} if value is None else {"x-semcache-similarity": f"{value:.4f}"}
-
-
-def _replay(request: CompletionRequest, completion: Mapping[str, Any]) -> Iterator[bytes]:
-    replay = replay_chat_stream if request.endpoint == "chat" else replay_text_stream
-    return replay(completion, include_usage=request.include_usage)
-
-
-async def _iterate(events: Iterator[bytes]) -> AsyncIterator[bytes]:
-    for event in events:
-        yield event
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -139,27 +110,18 @@ class Proxy:
         except ClientFacingError as error:  # a per-request threshold looser than the category's
             self.metrics.requests.labels(outcome="invalid").inc()
             return error_response(error), "invalid"
+        headers = lookup_headers(found)
         if isinstance(found, NotCacheable):
-            headers = {"x-semcache": Outcome.BYPASS, "x-semcache-reason": found.reason, **_category(found.category)}
             return await self._from_upstream(request, api_key, headers), Outcome.BYPASS
         if isinstance(found, CacheHit):
-            headers = {
-                "x-semcache": found.outcome,
-                "x-semcache-entry": found.entry_id,
-                **_similarity(found.similarity),
-                **_category(found.category),
-            }
-            return self._serve_stored(request, found.answer, headers), found.outcome
-        headers = {"x-semcache": Outcome.MISS, **_similarity(found.best_similarity), **_category(found.category)}
-        if found.reason is not None:
-            headers["x-semcache-reason"] = found.reason
+            return stored_response(request, found.answer, headers), found.outcome
         exact_key = found.key.exact
         if control.lookup and self.flights.in_flight(exact_key):
             shared = await self.flights.wait(exact_key, timeout_s=self.config.upstream.timeout_s)
             if shared is not None:
                 coalesced = {"x-semcache": Outcome.EXACT, "x-semcache-reason": "coalesced"}
                 answer = replay_completion(shared, endpoint=request.endpoint, now=self.clock())
-                return self._serve_stored(request, answer, coalesced), Outcome.EXACT
+                return stored_response(request, answer, coalesced), Outcome.EXACT
         flight = self.flights.begin(exact_key)
 
         def on_complete(answer: Mapping[str, Any]) -> None:
@@ -170,13 +132,6 @@ class Proxy:
 
         response = await self._from_upstream(request, api_key, headers, on_complete=on_complete, on_end=flight.finish)
         return response, Outcome.MISS
-
-    def _serve_stored(self, request: CompletionRequest, answer: Mapping[str, Any], headers: dict[str, str]) -> Response:
-        if request.stream:
-            return StreamingResponse(
-                _iterate(_replay(request, answer)), media_type="text/event-stream", headers=headers
-            )
-        return JSONResponse(answer, headers=headers)
 
     async def _from_upstream(
         self,
@@ -217,7 +172,7 @@ class Proxy:
         # Ask for the usage chunk even when the client did not, so that a stored answer can replay
         # it to a later client that does; it is not forwarded to a client that did not ask.
         body = {**request.body, "stream_options": {**(request.body.get("stream_options") or {}), "include_usage": True}}
-        upstream_request = _with_body(request, body)
+        upstream_request = replace(request, body=body)
         chunks = await self.upstream.stream(upstream_request, api_key=api_key)
         return StreamingResponse(
             self._relay(request, chunks, on_complete, on_end), media_type="text/event-stream", headers=headers
@@ -269,10 +224,6 @@ class Proxy:
             for model in self.config.upstream.models
         ]
         return JSONResponse({"object": "list", "data": data})
-
-
-def _with_body(request: CompletionRequest, body: Mapping[str, Any]) -> CompletionRequest:
-    return replace(request, body=body)
 
 
 async def not_found(request: Request) -> Response:
