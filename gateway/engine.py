@@ -7,6 +7,7 @@ counted, and never reaches the client.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Callable, Mapping
@@ -198,8 +199,9 @@ class CacheEngine:
             entry = await self._store.get(match.entry_id, now=now)
             if entry is None:
                 continue
-            if verifier is None or verifier.accepts(
-                query=key.prompt, candidate=entry.prompt, similarity=match.similarity
+            # Feature extraction is regex work, milliseconds on long prompts: off the event loop.
+            if verifier is None or await asyncio.to_thread(
+                verifier.accepts, query=key.prompt, candidate=entry.prompt, similarity=match.similarity
             ):
                 return Hit(entry=entry, similarity=match.similarity, exact=False)
         return Miss(vector=vector, best_similarity=best, semantic=True, category=category.name, storable=True)
