@@ -152,29 +152,27 @@ def load_config(path: str | Path) -> GatewayConfig:
 def resolve_secrets(config: GatewayConfig, environ: Mapping[str, str]) -> GatewayConfig:
     """Read the environment variables the config names; every missing one is reported at once."""
     problems: list[str] = []
-    upstream = config.upstream
+
+    def read(name: str, path: str) -> str | None:
+        value = environ.get(name)
+        if not value:
+            problems.append(f"{path}: environment variable {name} is not set")
+        return value or None
+
+    upstream, admin = config.upstream, config.admin
     if upstream.api_key_env is not None:
-        key = environ.get(upstream.api_key_env)
-        if not key:
-            problems.append(f"upstream.api_key_env: environment variable {upstream.api_key_env} is not set")
-        upstream = replace(upstream, api_key=key)
-    admin = config.admin
+        upstream = replace(upstream, api_key=read(upstream.api_key_env, "upstream.api_key_env"))
     if admin.api_key_env is not None:
-        key = environ.get(admin.api_key_env)
-        if not key:
-            problems.append(f"admin.api_key_env: environment variable {admin.api_key_env} is not set")
-        admin = replace(admin, api_key=key)
+        admin = replace(admin, api_key=read(admin.api_key_env, "admin.api_key_env"))
     tenants: dict[str, str] = {}
     for i, tenant in enumerate(config.tenants):
         if tenant.api_key_sha256 is not None:
             tenants[tenant.api_key_sha256.lower()] = tenant.name
             continue
         assert tenant.api_key_env is not None
-        key = environ.get(tenant.api_key_env)
-        if not key:
-            problems.append(f"tenants[{i}].api_key_env: environment variable {tenant.api_key_env} is not set")
-            continue
-        tenants[key_digest(key)] = tenant.name
+        key = read(tenant.api_key_env, f"tenants[{i}].api_key_env")
+        if key is not None:
+            tenants[key_digest(key)] = tenant.name
     if problems:
         raise ConfigError("environment", problems)
     return replace(config, upstream=upstream, admin=admin, tenant_by_key_sha256=tenants)
