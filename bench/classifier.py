@@ -1,7 +1,7 @@
 """Category classifier benchmark: accuracy on real, labelled user queries, and what one costs.
 
     .venv/bin/python bench/classifier.py [--exemplars 50] [--held-out 2000] [--seed 7]
-                                         [--output bench/RESULTS-classifier.md]
+                                         [--output FILE]
 
 Data: ../shared/data/queries/categories_dev.jsonl (text, category: code, chat, factual, finance,
 time_sensitive), third-party and licensed for research only: read by path, never copied here.

@@ -3,7 +3,7 @@ thresholds vs calibrated threshold + verifier, through the real lookup path.
 
     .venv/bin/python bench/quality.py [--qqp-pairs 6000] [--test-share 0.4] [--mrpc-pairs 800]
         [--stsb-pairs 800] [--seed 7] [--targets 0.95,0.90] [--confidence 0.95] [--floor 0.80]
-        [--l2 1.0] [--folds 5] [--output bench/RESULTS-quality.md] [--out-dir bench/out]
+        [--l2 1.0] [--folds 5] [--output bench/out/quality.md] [--out-dir bench/out]
 
 Data: ../shared/data/pairs/{qqp_dev,mrpc,stsb}.jsonl, third-party and licensed for research only:
 read by path, never copied here. Without it the benchmark says so and exits 0.
@@ -373,7 +373,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--l2", type=float, default=1.0)
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="torch threads for the embedder")
-    parser.add_argument("--output", type=Path, default=ROOT / "bench" / "RESULTS-quality.md")
+    # Report kept beside the fitted files; the dated section in bench/RESULTS.md is pasted from it.
+    parser.add_argument("--output", type=Path, default=ROOT / "bench" / "out" / "quality.md")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "out")
     return parser.parse_args(argv)
 
@@ -680,6 +681,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     lines = report(args, facts, tuned, results, parts)
     lines += ["## Policy snippet implied (files in bench/out/, git-ignored)", "", "```yaml", *snippet, "```", ""]
+    args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text("\n".join(lines), encoding="utf-8")
     print("\n".join(lines))
     print(f"wrote {args.output} and {args.out_dir}/ in {facts['total_s']:.0f} s")

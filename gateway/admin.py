@@ -59,9 +59,10 @@ async def stats(request: Request, cache: SemanticCache) -> Response:
     except ClientFacingError as error:
         return error_response(error)
     engine = cache.engine
+    sizes = engine.index_sizes()
     categories = {
         category.name: {
-            "indexed": engine.index_sizes().get(category.name, 0),
+            "indexed": sizes.get(category.name, 0),
             "max_entries": category.max_entries,
             "similarity_threshold": category.similarity_threshold,
             "ttl_s": category.ttl_s,
