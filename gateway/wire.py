@@ -207,10 +207,6 @@ def replay_completion(stored: Mapping[str, Any], *, endpoint: Endpoint, now: flo
     return {**stored, "id": f"{prefix}-{uuid.uuid4().hex}", "created": int(now)}
 
 
-def error_body(message: str, *, error_type: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
-
-
 def encode_sse(data: Mapping[str, Any] | str) -> bytes:
     payload = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
     return f"data: {payload}\n\n".encode()
