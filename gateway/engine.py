@@ -17,11 +17,13 @@ from typing import Any
 
 from embeddings import EmbedderError, EmbeddingBatcher, Vector
 from gateway.errors import InvalidRequest
+from gateway.feedback import FeedbackResult, RatingValue, Thresholds, state_document, state_from_document
 from gateway.index import IndexItem, VectorIndex
 from gateway.metrics import Metrics
 from gateway.scope import CacheKey
 from gateway.stores import CacheEntry, Store
 from policies import Category, CategoryClassifier, Classification, Policy
+from policies.feedback import ControllerSettings, Rating
 from policies.verifier import Verifier
 
 logger = logging.getLogger("semcache.engine")
@@ -100,6 +102,7 @@ class CacheEngine:
         metrics: Metrics,
         clock: Clock,
         verifier: Verifier | None = None,
+        thresholds: Thresholds | None = None,
     ) -> None:
         self._store = store
         self._batcher = batcher
@@ -108,6 +111,7 @@ class CacheEngine:
         self._metrics = metrics
         self._clock = clock
         self._verifier = verifier
+        self._thresholds = thresholds or Thresholds(ControllerSettings(), target_error_rate=0.05)
         self._indexes = {name: VectorIndex(batcher.embedder.dimension) for name in policy.policy.names}
 
     @property
@@ -120,6 +124,29 @@ class CacheEngine:
 
     def index_sizes(self) -> dict[str, int]:
         return {name: len(index) for name, index in self._indexes.items()}
+
+    def _floor(self, category: Category) -> float:
+        """Below this similarity nothing is served: the category's threshold or, with a verifier,
+        the verifier's floor (it judges every candidate from there up)."""
+        return category.similarity_threshold if self._verifier is None else self._verifier.floor
+
+    def threshold(self, category: Category) -> float:
+        """The similarity a semantic candidate needs now: the floor, raised by bad feedback."""
+        return self._thresholds.effective(category, self._floor(category))
+
+    def thresholds(self) -> dict[str, float]:
+        return {category.name: self.threshold(category) for category in self._active.policy.categories}
+
+    def feedback_summary(self, category: Category) -> dict[str, Any]:
+        state = self._thresholds.state(category.name)
+        bounds = self._thresholds.bounds(category, self._floor(category))
+        return {
+            "ratings": len(state.ratings),
+            "bad": state.bad,
+            "target_error_rate": bounds.target_error_rate,
+            "floor": bounds.floor,
+            "max_threshold": bounds.ceiling,
+        }
 
     def close(self) -> None:
         for index in self._indexes.values():
@@ -165,9 +192,9 @@ class CacheEngine:
                         storable=True)  # fmt: skip
         # Without a verifier the category's threshold decides; with one, candidates from its floor
         # up are judged by it, even above the threshold: the classic false hits sit at high
-        # similarity. A per-request threshold can only make either stricter.
-        floor = category.similarity_threshold if self._verifier is None else self._verifier.floor
-        floor = max(floor, threshold or 0.0)
+        # similarity. Feedback and a per-request threshold can only make either stricter.
+        # Bad feedback raises the similarity floor in either case (see `policies.feedback`).
+        floor = max(self.threshold(category), threshold or 0.0)
         try:
             return await self._search(key, embedded.vector, category, now, floor=floor, oldest=oldest)
         except Exception as exc:  # fail-open boundary
@@ -215,6 +242,67 @@ class CacheEngine:
                 await index.touch(hit.entry.entry_id, now=now)
         except Exception as exc:  # fail-open boundary: bookkeeping only
             self._fault("record_hit", exc)
+
+    async def entry(self, entry_id: str) -> CacheEntry | None:
+        """A live entry by id (raises `StoreError` when the store fails)."""
+        return await self._store.get(entry_id, now=self._clock())
+
+    async def forget(self, entry_id: str) -> bool:
+        """Stop serving an entry (a bad rating): out of the store and the index. Returns whether
+        it was there; a store fault is counted and reported as not removed."""
+        try:
+            existed = await self._store.get(entry_id, now=self._clock()) is not None
+            await self._store.delete([entry_id])
+            for index in self._indexes.values():
+                await index.remove([entry_id])
+        except Exception as exc:  # fail-open boundary: the rating still counts
+            self._fault("feedback", exc)
+            return False
+        return existed
+
+    async def rate(
+        self, *, entry_id: str, category: str, similarity: float | None, rating: RatingValue
+    ) -> FeedbackResult:
+        """Apply a rating of a hit served from `entry_id`: a bad one removes the entry; a rated
+        semantic hit (`similarity` known) moves its category's threshold."""
+        removed = await self.forget(entry_id) if rating == "bad" else False
+        policy = self._active.policy
+        if category not in policy.names:  # it left the policy since: nothing to adjust
+            return FeedbackResult(entry_id=entry_id, rating=rating, category=category, similarity=similarity,
+                                  counted=False, entry_removed=removed, threshold=None)  # fmt: skip
+        rules = policy.category(category)
+        counted = similarity is not None
+        before = self.threshold(rules)
+        if similarity is not None:
+            floor = self._floor(rules)
+            state = self._thresholds.rate(rules, floor, Rating(similarity=similarity, good=rating == "good"))
+            try:
+                await self._store.put_feedback(category, state_document(state))
+            except Exception as exc:  # fail-open boundary: in force now, lost at a restart
+                self._fault("feedback", exc)
+        after = self.threshold(rules)
+        self._metrics.feedback.labels(category=category, rating=rating).inc()
+        if after != before:
+            logger.info("category %s: threshold %.4f -> %.4f after a %s rating at similarity %.4f",
+                        category, before, after, rating, similarity)  # fmt: skip
+        return FeedbackResult(entry_id=entry_id, rating=rating, category=category, similarity=similarity,
+                              counted=counted, entry_removed=removed, threshold=after)  # fmt: skip
+
+    async def load_feedback(self) -> int:
+        """Restore the feedback states the store kept (of categories the policy still has).
+        Returns how many were restored; an unreadable one is skipped."""
+        states = await self._store.feedback_states()
+        restored = 0
+        for name, document in states.items():
+            if name not in self._active.policy.names:
+                continue
+            try:
+                self._thresholds.load(name, state_from_document(document))
+            except (ValueError, TypeError) as exc:
+                logger.warning("feedback state of category %s is unreadable, starting afresh: %s", name, exc)
+                continue
+            restored += 1
+        return restored
 
     async def remember(
         self, key: CacheKey, miss: Miss, *, request: Mapping[str, Any], response: Mapping[str, Any]
@@ -299,6 +387,7 @@ class CacheEngine:
         for name in old_names - set(new.policy.names):
             dropped[name] = len(await self._store.delete_category(name))
             self._indexes.pop(name).close()
+            self._thresholds.drop(name)
         for category in new.policy.categories:
             await self._evict(self._indexes[category.name], category, room_for=0)
         return dropped

@@ -2,7 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+
+class _Thresholds:
+    """Each category's similarity threshold in force, read when scraped."""
+
+    def __init__(self, read: Callable[[], Mapping[str, float]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[Metric]:
+        gauge = GaugeMetricFamily(
+            "semcache_similarity_threshold",
+            "Similarity a semantic hit needs now, by category: the configured threshold (or the "
+            "verifier's floor), raised by bad feedback.",
+            labels=["category"],
+        )
+        for category, threshold in sorted(self._read().items()):
+            gauge.add_metric([category], threshold)
+        yield gauge
 
 
 class Metrics:
@@ -23,6 +44,10 @@ class Metrics:
         self.upstream_errors = Counter(
             "semcache_upstream_errors", "Upstream errors by status.", ["status"], registry=self.registry
         )
+        self.feedback = Counter(
+            "semcache_feedback", "Ratings of served hits, by category and rating.", ["category", "rating"],
+            registry=self.registry,
+        )  # fmt: skip
         self.latency = Histogram(
             "semcache_request_seconds",
             "Time to answer, by outcome.",
@@ -30,6 +55,12 @@ class Metrics:
             registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
+
+    def watch_thresholds(self, read: Callable[[], Mapping[str, float]]) -> Callable[[], None]:
+        """Export `read()` (category → threshold) as a gauge; returns the function that stops it."""
+        collector = _Thresholds(read)
+        self.registry.register(collector)
+        return lambda: self.registry.unregister(collector)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

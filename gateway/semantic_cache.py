@@ -28,10 +28,19 @@ from embeddings import BatcherConfig, Embedder, EmbeddingBatcher, SentenceTransf
 from gateway.cache_control import CacheControl
 from gateway.config import GatewayConfig
 from gateway.engine import ActivePolicy, CacheEngine, Clock, Hit, LookupSettings, Miss
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, InvalidRequest, ServiceUnavailable
+from gateway.feedback import (
+    AlreadyRated,
+    FeedbackResult,
+    HitNotFound,
+    RatingValue,
+    ServedHit,
+    ServedHits,
+    Thresholds,
+)
 from gateway.metrics import Metrics
 from gateway.scope import CacheKey, cache_key, tenant_for
-from gateway.stores import SqliteStore, Store
+from gateway.stores import CacheEntry, SqliteStore, Store
 from gateway.tasks import TaskTracker
 from gateway.wire import (
     CompletionRequest,
@@ -42,6 +51,7 @@ from gateway.wire import (
     replay_completion,
 )
 from policies import DEFAULT, CategoryClassifier, Policy, load_policy, parse_policy
+from policies.feedback import ControllerSettings
 from policies.verifier import LogisticVerifier, Verifier, VerifierError
 
 logger = logging.getLogger("semcache.cache")
@@ -145,6 +155,7 @@ class SemanticCache:
         self._engine: CacheEngine | None = None
         self._batcher: EmbeddingBatcher | None = None
         self._reload_lock = asyncio.Lock()
+        self._served = ServedHits(config.feedback.remember_hits)
 
     @property
     def engine(self) -> CacheEngine:
@@ -202,6 +213,11 @@ class SemanticCache:
             except (OSError, VerifierError) as exc:
                 raise ConfigError(config.verifier, [f"verifier: {exc}"]) from exc
         policy = await self._read_policy()
+        feedback = config.feedback
+        thresholds = Thresholds(
+            ControllerSettings(confidence=feedback.confidence, relax_step=feedback.relax_step, window=feedback.window),
+            target_error_rate=feedback.target_error_rate,
+        )
         engine = CacheEngine(
             store=store,
             batcher=batcher,
@@ -210,18 +226,31 @@ class SemanticCache:
             metrics=self.metrics,
             clock=self._clock,
             verifier=self._verifier,
+            thresholds=thresholds,
         )
         stack.callback(engine.close)
+        stack.callback(self.metrics.watch_thresholds(engine.thresholds))
         try:
-            logger.info("index rebuilt with %d entries", await engine.rebuild_index())
-        except Exception:  # fail-open boundary: start with an empty index, serve traffic
+            await self._restore(engine, store, batcher.embedder.name)
+        except Exception:  # fail-open boundary: start empty, from the configured thresholds
             self.metrics.fail_open.labels(stage="rebuild").inc()
-            logger.exception("could not rebuild the index from the store")
+            logger.exception("could not restore the cache from the store")
         # Registered after the store and batcher, so pending writes finish before they close.
         stack.push_async_callback(self.tasks.drain, timeout_s=30.0)
         purger = asyncio.create_task(_purge_periodically(engine, config.cache.cleanup_interval_s))
         stack.callback(purger.cancel)
         return engine
+
+    async def _restore(self, engine: CacheEngine, store: Store, embedder: str) -> None:
+        """Reload what the store kept: feedback thresholds, then the index. Vectors and thresholds
+        of another embedding model would be meaningless here, so the store drops them first."""
+        dropped = await store.adopt_embedder(embedder)
+        if dropped:
+            logger.warning("dropped the store's %d entries: they were embedded by another model", dropped)
+        restored = await engine.load_feedback()
+        if restored:
+            logger.info("feedback thresholds restored for %d categories", restored)
+        logger.info("index rebuilt with %d entries", await engine.rebuild_index())
 
     async def _read_policy(self) -> Policy:
         """The policy file, or the one-category policy the `cache` section implies. Raises `PolicyError`."""
@@ -261,7 +290,8 @@ class SemanticCache:
         """Never raises for a cache fault: a broken store or embedder gives a `CacheMiss`."""
         parsed = request if isinstance(request, CompletionRequest) else self.parse(request)
         control = control or CacheControl()
-        key = cache_key(parsed, tenant=tenant_for(api_key, self.config.tenant_by_key_sha256))
+        tenant = tenant_for(api_key, self.config.tenant_by_key_sha256)
+        key = cache_key(parsed, tenant=tenant)
         if not isinstance(key, CacheKey):
             return NotCacheable(request=parsed, reason=key.reason)
         decision = await self.engine.lookup(
@@ -270,6 +300,16 @@ class SemanticCache:
         if isinstance(decision, Hit):
             self.tasks.spawn(self.engine.record_hit(decision), name="record-hit")
             answer = replay_completion(decision.entry.response, endpoint=parsed.endpoint, now=self._clock())
+            self._served.add(
+                ServedHit(
+                    response_id=str(answer["id"]),
+                    entry_id=decision.entry.entry_id,
+                    tenant=tenant,
+                    category=decision.category,
+                    similarity=decision.similarity,
+                    exact=decision.exact,
+                )
+            )
             return CacheHit(
                 request=parsed,
                 answer=answer,
@@ -299,3 +339,69 @@ class SemanticCache:
     def remember_later(self, miss: CacheMiss, answer: Mapping[str, Any]) -> None:
         """`remember` as a tracked background task, drained when the cache closes."""
         self.tasks.spawn(self.remember(miss, answer), name="remember")
+
+    async def feedback(
+        self,
+        *,
+        rating: RatingValue,
+        response_id: str | None = None,
+        entry_id: str | None = None,
+        api_key: str | None = None,
+    ) -> FeedbackResult:
+        """Rate a hit this cache served to the caller (`api_key`, as in `lookup`): by the response
+        `id` of the hit (`CacheHit.answer["id"]`) or by its entry (`CacheHit.entry_id`). "bad"
+        removes the entry and tightens its category's threshold; "good" may relax it slowly
+        (`policies.feedback`). Each hit can be rated once.
+
+        Raises `HitNotFound` (404) when no such hit was served to the caller's tenant and it owns
+        no such entry, `AlreadyRated` (409), `InvalidRequest` (400) when `response_id` and
+        `entry_id` name different hits, and `ServiceUnavailable` (503) when the store fails."""
+        if rating not in ("good", "bad"):
+            raise InvalidRequest(f"rating must be 'good' or 'bad', got {rating!r}", param="rating")
+        if response_id is None and entry_id is None:
+            raise InvalidRequest("name the hit by its response id or its entry", param="id")
+        engine = self.engine
+        tenant = tenant_for(api_key, self.config.tenant_by_key_sha256)
+        hit = None
+        if response_id is not None:
+            hit = self._served.by_id(response_id, tenant=tenant)
+            if hit is not None and entry_id is not None and hit.entry_id != entry_id:
+                raise InvalidRequest(
+                    f"'entry' {entry_id!r} is not the entry response {response_id!r} was served from", param="entry"
+                )
+            if hit is None and entry_id is None:
+                raise HitNotFound(
+                    f"no hit with id {response_id!r} was served to this caller recently enough to be "
+                    "rated by id; rate it by 'entry'",
+                    param="id",
+                    code="hit_not_found",
+                )
+        if hit is None and entry_id is not None:
+            hit = self._served.latest(entry_id, tenant=tenant)
+        if hit is not None:
+            if hit.rated:
+                raise AlreadyRated("this hit was rated already", param="id", code="already_rated")
+            hit.rated = True  # before any await: a concurrent second rating is refused
+            similarity = None if hit.exact else hit.similarity
+            return await engine.rate(entry_id=hit.entry_id, category=hit.category, similarity=similarity,
+                                     rating=rating)  # fmt: skip
+        assert entry_id is not None
+        try:
+            entry = await engine.entry(entry_id)
+        except Exception as exc:  # the store is down: say so, never a 500
+            self.metrics.fail_open.labels(stage="feedback").inc()
+            raise ServiceUnavailable("the cache store is unavailable; try again", code="store_unavailable") from exc
+        if entry is None or not self._owned_by(entry, tenant):
+            raise HitNotFound(f"no cache entry {entry_id!r} for this caller", param="entry", code="entry_not_found")
+        # Not remembered (a restart, or long ago): its similarity is unknown, so only the entry goes.
+        return await engine.rate(entry_id=entry_id, category=entry.category, similarity=None, rating=rating)
+
+    def _owned_by(self, entry: CacheEntry, tenant: str) -> bool:
+        """Whether `tenant` is the entry's tenant: its scope, rebuilt from the stored request for
+        this tenant, is the entry's own (the scope digest includes the tenant)."""
+        endpoint: Endpoint = "chat" if "messages" in entry.request else "text"
+        try:
+            key = cache_key(self.parse(entry.request, endpoint=endpoint), tenant=tenant)
+        except InvalidRequest:
+            return False
+        return isinstance(key, CacheKey) and key.scope == entry.scope_key

@@ -72,6 +72,20 @@ def precision_lower_bound(true_hits: int, false_hits: int, confidence: float) ->
     return min(bound, true_hits / (true_hits + false_hits)) if served[0] else 0.0
 
 
+def precision_lower_bounds(
+    true_hits: npt.ArrayLike, served: npt.ArrayLike, confidence: float
+) -> npt.NDArray[np.float64]:
+    """`precision_lower_bound` for many (true hits, served) counts at once; 0 where none is served."""
+    true = np.asarray(true_hits, dtype=np.float64)
+    total = np.asarray(served, dtype=np.float64)
+    if true.shape != total.shape or np.any(true < 0) or np.any(total < true):
+        raise ValueError("need 0 <= true_hits <= served, of one shape")
+    bounds = _wilson_lower(true, total, _z(confidence))
+    point = np.where(total > 0, true / np.maximum(total, 1), 0.0)
+    result: npt.NDArray[np.float64] = np.minimum(bounds, point)
+    return result
+
+
 def calibrate_threshold(
     scores: npt.ArrayLike, labels: npt.ArrayLike, *, target_precision: float, confidence: float
 ) -> CalibrationResult | None:

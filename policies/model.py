@@ -8,7 +8,8 @@ Every problem in a file is reported at once, each as `<yaml path>: <reason>`, by
 A category that states nothing gets the conservative values (`Category`'s defaults):
 similarity_threshold 0.95 (only near-verbatim rephrasings hit), ttl_s 3600 (one hour),
 max_entries 1000, cacheable true, no near-miss band, no load adaptation (bounds equal to the
-values themselves), tier "large" (quality first when nothing is known about the request).
+values themselves), the gateway's feedback target error rate with a threshold feedback may raise
+up to 1.0, tier "large" (quality first when nothing is known about the request).
 The `default` category catches every request that no rule matches and that the classifier cannot
 place with enough confidence. A file that does not declare one gets `Category(name="default")`,
 appended last, with exactly those values, except that its tier is "small" when `models` declares
@@ -71,6 +72,11 @@ def _unit(low_open: bool = True) -> dict[str, Any]:
     return check(in_range(0, 1, low_open=low_open))
 
 
+def error_rate(value: Any) -> str | None:
+    """A target error rate: in (0, 1) (0 would forbid every semantic hit; 1 allows any)."""
+    return None if 0 < value < 1 else f"must be in (0, 1), got {value!r}"
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Bounds:
     """How far load adaptation may move a category's rules; unset: not at all in that direction."""
@@ -79,6 +85,19 @@ class Bounds:
     min_threshold: float | None = field(default=None, metadata=_unit())
     # ... and entries kept up to this long.
     max_ttl_s: float | None = field(default=None, metadata=check(positive))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FeedbackRules:
+    """How ratings of served hits (POST /v1/feedback) may move the category's hit threshold: bad
+    ratings tighten it, good ones relax it slowly, never below `similarity_threshold`
+    (policies/feedback.py)."""
+
+    # Share of rated semantic hits allowed to be bad. Unset: the gateway's feedback.target_error_rate.
+    target_error_rate: float | None = field(default=None, metadata=check(error_rate))
+    # Highest threshold bad ratings may raise it to. Unset: 1.0; equal to similarity_threshold:
+    # feedback never moves this category's threshold (bad hits are still removed).
+    max_threshold: float | None = field(default=None, metadata=_unit())
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -105,6 +124,7 @@ class Category:
     # answers as few-shot examples to the small model. Unset: no band, a miss is a miss.
     near_miss_floor: float | None = field(default=None, metadata=_unit())
     bounds: Bounds = field(default_factory=Bounds)
+    feedback: FeedbackRules = field(default_factory=FeedbackRules)
     # Model tier preferred on a miss.
     tier: Tier = "large"
 
@@ -127,6 +147,10 @@ class Category:
                 )
             elif floor is not None and bounds.min_threshold <= floor:
                 yield "bounds.min_threshold", f"must be > near_miss_floor ({floor:g}), got {bounds.min_threshold:g}"
+        feedback: FeedbackRules | None = values.get("feedback")
+        ceiling = None if feedback is None else feedback.max_threshold
+        if threshold is not None and ceiling is not None and ceiling < threshold:
+            yield "feedback.max_threshold", f"must be >= similarity_threshold ({threshold:g}), got {ceiling:g}"
         ttl_s = values.get("ttl_s")
         if bounds is not None and bounds.max_ttl_s is not None and ttl_s is not None and bounds.max_ttl_s < ttl_s:
             yield "bounds.max_ttl_s", f"must be >= ttl_s ({ttl_s:g}), got {bounds.max_ttl_s:g}"

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from embeddings import EmbeddedText, Embedder
 from gateway.errors import StoreError
@@ -103,7 +104,16 @@ class BrokenStore:
     async def delete_category(self, category: str) -> list[str]:
         raise self._fail()
 
+    async def adopt_embedder(self, name: str) -> int:
+        raise self._fail()
+
     async def retime_category(self, category: str, *, ttl_s: float) -> None:
+        raise self._fail()
+
+    async def put_feedback(self, category: str, state: Mapping[str, Any]) -> None:
+        raise self._fail()
+
+    async def feedback_states(self) -> dict[str, Mapping[str, Any]]:
         raise self._fail()
 
     async def ping(self) -> None:

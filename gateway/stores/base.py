@@ -56,7 +56,23 @@ class Store(Protocol):
         ...
 
     async def delete_category(self, category: str) -> list[str]:
-        """Drop a category's entries (it left the policy); returns their ids."""
+        """Drop a category's entries and its feedback state (it left the policy); returns the
+        entries' ids."""
+        ...
+
+    async def put_feedback(self, category: str, state: Mapping[str, Any]) -> None:
+        """Keep a category's feedback state (a JSON object with a `format_version`) across restarts."""
+        ...
+
+    async def feedback_states(self) -> dict[str, Mapping[str, Any]]:
+        """Every category's feedback state, as `put_feedback` stored it."""
+        ...
+
+    async def adopt_embedder(self, name: str) -> int:
+        """Record that vectors come from embedder `name` from now on. If the store's entries were
+        embedded by another model their vectors mean nothing to this one (and feedback thresholds,
+        being similarities, neither): every entry and feedback state is dropped. Returns how many
+        entries were dropped."""
         ...
 
     async def retime_category(self, category: str, *, ttl_s: float) -> None:

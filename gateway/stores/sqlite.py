@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
@@ -34,6 +34,14 @@ CREATE TABLE IF NOT EXISTS entries (
 );
 CREATE INDEX IF NOT EXISTS entries_exact ON entries (exact_key);
 CREATE INDEX IF NOT EXISTS entries_expiry ON entries (expires_at);
+CREATE TABLE IF NOT EXISTS feedback (
+    category   TEXT PRIMARY KEY,
+    state      TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key        TEXT PRIMARY KEY,
+    value      TEXT NOT NULL
+);
 """
 _CATEGORY_INDEX = "CREATE INDEX IF NOT EXISTS entries_category ON entries (category)"
 _COLUMNS = (
@@ -219,7 +227,40 @@ class SqliteStore:
             db.execute("BEGIN IMMEDIATE")
             ids = [row[0] for row in db.execute("SELECT entry_id FROM entries WHERE category = ?", (category,))]
             db.execute("DELETE FROM entries WHERE category = ?", (category,))
+            db.execute("DELETE FROM feedback WHERE category = ?", (category,))
         return ids
+
+    async def put_feedback(self, category: str, state: Mapping[str, Any]) -> None:
+        document = json.dumps(dict(state), separators=(",", ":"))
+        await self._call(
+            lambda: self._conn().execute(
+                "INSERT OR REPLACE INTO feedback (category, state) VALUES (?, ?)", (category, document)
+            )
+        )
+
+    async def feedback_states(self) -> dict[str, Mapping[str, Any]]:
+        return await self._call(self._feedback_states)
+
+    def _feedback_states(self) -> dict[str, Mapping[str, Any]]:
+        rows = self._conn().execute("SELECT category, state FROM feedback").fetchall()
+        return {category: json.loads(state) for category, state in rows}
+
+    async def adopt_embedder(self, name: str) -> int:
+        return await self._call(self._adopt_embedder, name)
+
+    def _adopt_embedder(self, name: str) -> int:
+        db = self._conn()
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            row = db.execute("SELECT value FROM meta WHERE key = 'embedder'").fetchone()
+            dropped = 0
+            # A file from before this record is taken to be this model's: the only model then was
+            # the configured one, and dropping a whole cache on upgrade would be worse.
+            if row is not None and row[0] != name:
+                dropped = db.execute("DELETE FROM entries").rowcount
+                db.execute("DELETE FROM feedback")
+            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('embedder', ?)", (name,))
+        return dropped
 
     async def retime_category(self, category: str, *, ttl_s: float) -> None:
         await self._call(

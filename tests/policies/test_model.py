@@ -12,7 +12,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from policies import DEFAULT, Bounds, Category, Invalid, Policy, PolicyError, load_policy, parse_policy
+from policies import (
+    DEFAULT,
+    Bounds,
+    Category,
+    FeedbackRules,
+    Invalid,
+    Policy,
+    PolicyError,
+    load_policy,
+    parse_policy,
+)
 
 # Hypothesis' deadline and slow-generation check time the machine: speed lives in bench/, not here.
 untimed = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -437,6 +447,40 @@ def test_bounds_default_to_no_adaptation() -> None:
 
     assert (category.min_threshold, category.max_ttl_s) == (0.9, 60)
     assert (bounded.min_threshold, bounded.max_ttl_s) == (0.85, 120)
+
+
+def test_feedback_rules_per_category() -> None:
+    policy = parse_policy(
+        {
+            "categories": [
+                {"name": "code", "keywords": ["python"], "similarity_threshold": 0.9,
+                 "feedback": {"target_error_rate": 0.01, "max_threshold": 0.97}},
+            ]
+        }
+    )  # fmt: skip
+
+    assert policy.category("code").feedback == FeedbackRules(target_error_rate=0.01, max_threshold=0.97)
+    assert policy.default.feedback == FeedbackRules()  # the gateway's target, up to 1.0
+
+
+def test_feedback_rules_are_checked() -> None:
+    problems = problems_of(
+        {
+            "categories": [
+                {"name": "code", "keywords": ["python"], "similarity_threshold": 0.9,
+                 "feedback": {"max_threshold": 0.8}},
+                {"name": "chat", "keywords": ["joke"], "feedback": {"target_error_rate": 1, "max_treshold": 1}},
+                {"name": "math", "keywords": ["sum"], "feedback": {"target_error_rate": 0}},
+            ]
+        }
+    )  # fmt: skip
+
+    assert problems == [
+        "categories[0].feedback.max_threshold: must be >= similarity_threshold (0.9), got 0.8",
+        "categories[1].feedback.max_treshold: unknown key (did you mean 'max_threshold'?)",
+        "categories[1].feedback.target_error_rate: must be in (0, 1), got 1.0",
+        "categories[2].feedback.target_error_rate: must be in (0, 1), got 0.0",
+    ]
 
 
 def test_a_policy_is_frozen_and_checked_when_built_in_code() -> None:

@@ -249,3 +249,35 @@ async def test_an_unopenable_file_is_a_store_error(tmp_path: Path) -> None:
     with pytest.raises(StoreError):
         async with SqliteStore(directory):
             pass
+
+
+async def test_feedback_states_survive_a_reopen_and_leave_with_their_category(db_path: Path) -> None:
+    state = {"format_version": 1, "threshold": 0.9101, "ratings": [[0.91, 0], [0.97, 1]]}
+    async with SqliteStore(db_path) as store:
+        assert await store.feedback_states() == {}
+        await store.put_feedback("code", {"format_version": 1, "threshold": None, "ratings": []})
+        await store.put_feedback("code", state)  # replaces
+        await store.put_feedback("chat", {"format_version": 1, "threshold": None, "ratings": [[0.9, 1]]})
+
+    async with SqliteStore(db_path) as store:
+        assert (await store.feedback_states())["code"] == state
+        await store.delete_category("code")
+        assert list(await store.feedback_states()) == ["chat"]
+
+
+async def test_vectors_of_another_embedder_are_dropped_with_the_feedback(db_path: Path) -> None:
+    async with SqliteStore(db_path) as store:
+        assert await store.adopt_embedder("model-a") == 0  # nothing recorded yet: adopted as is
+        await store.put(make_entry("kept"))
+        await store.put_feedback("default", {"format_version": 1})
+        assert await store.adopt_embedder("model-a") == 0
+    async with SqliteStore(db_path) as store:
+        assert await store.get("kept", now=NOW) is not None  # same model after a reopen: kept
+
+        assert await store.adopt_embedder("model-b") == 1
+
+        assert await store.get("kept", now=NOW) is None
+        assert await store.feedback_states() == {}
+        await store.put(make_entry("new"))
+        assert await store.adopt_embedder("model-b") == 0
+        assert await store.get("new", now=NOW) is not None
