@@ -2,7 +2,7 @@
 lookup path: hit rate on true duplicates and false-hit rate on non-duplicates, both policies tuned
 on one half of the workload and measured on the other.
 
-    .venv/bin/python bench/categories_vs_global.py [--policy examples/policies/general_assistant.yaml]
+    .venv/bin/python bench/categories_vs_global.py [--policy examples/policy_files/general_assistant.yaml]
         [--exemplars 50] [--qqp-pairs 6000] [--mrpc-pairs 1000] [--stsb-pairs 1500] [--seed 7]
         [--targets 0.95,0.90,0.85] [--confidence 0.95] [--min-category-pairs 100] [--threads 1]
         [--output bench/out/categories_vs_global.md]
@@ -113,7 +113,7 @@ from policies import Bounds, CategoryClassifier, Policy, load_policy  # noqa: E4
 from policies.calibration import CalibrationResult, calibrate_threshold  # noqa: E402
 
 QUERIES = ROOT.parent / "shared" / "data" / "queries" / "categories_dev.jsonl"
-POLICY = ROOT / "examples" / "policies" / "general_assistant.yaml"
+POLICY = ROOT / "examples" / "policy_files" / "general_assistant.yaml"
 # categories_dev label → the general_assistant category its queries are exemplars of.
 LABEL_CATEGORY = {"code": "code", "factual": "factual", "chat": "chat", "time_sensitive": "realtime"}
 GLOBAL, AWARE, AWARE_ELSE_GLOBAL = "global", "category-aware", "category-aware, else global"

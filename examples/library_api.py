@@ -15,8 +15,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-# Run as a script, this folder would come first on sys.path, and its policies/ folder would shadow
-# the `policies` package: import from the repository root, as `python -m examples.<name>` does.
+# Run as a script, only this folder is on sys.path: the repository root makes `examples.local_servers`
+# importable, as `python -m examples.<name>` does.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gateway import CacheHit, CacheMiss, GatewayConfig, SemanticCache

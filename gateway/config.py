@@ -121,7 +121,7 @@ class GatewayConfig:
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
     embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
-    # A category policy file (see examples/policies/); relative to the config file. Unset: one
+    # A category policy file (see examples/policy_files/); relative to the config file. Unset: one
     # "default" category with cache.similarity_threshold, cache.ttl_s and cache.max_entries.
     policy: str | None = None
     # A verifier fitted by `semcache calibrate` (verifier.json); relative to the config file. With

@@ -1,6 +1,6 @@
 """The policy: categories of requests, each with its own cache rules, loaded from one YAML file.
 
-    policy = load_policy("examples/policies/general_assistant.yaml")
+    policy = load_policy("examples/policy_files/general_assistant.yaml")
     policy.category("code").similarity_threshold
 
 Every problem in a file is reported at once, each as `<yaml path>: <reason>`, by `PolicyError`.

@@ -25,7 +25,7 @@ _: Classifier = CategoryClassifier.__new__(CategoryClassifier)
 
 untimed = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "policies"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "policy_files"
 Matrix = npt.NDArray[np.float32]
 
 

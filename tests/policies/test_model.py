@@ -27,7 +27,7 @@ from policies import (
 # Hypothesis' deadline and slow-generation check time the machine: speed lives in bench/, not here.
 untimed = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "policies"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "policy_files"
 VALID_PATTERNS = [r"\bprice\b", r"(?i)weather", r"(?m)^\s*def\s", r"\d{5,}", r"```"]
 
 
