@@ -526,7 +526,8 @@ def report(
     lines = [
         "# Answer quality: hit rate vs precision (bench/quality.py)",
         "",
-        f"Run {shell('date -u')} on {shell('nproc')} cores, in {facts['total_s']:.0f} s. Command:",
+        f"Run {shell('date -u')} on {shell('nproc')} cores, in {facts['total_s']:.0f} s (a tuned-embedder "
+        "section, if any, gives its own time). Command:",
         "",
         f"    {facts['command']}",
         "",
