@@ -18,7 +18,7 @@ from typing import TextIO
 import numpy as np
 import yaml
 
-from embeddings import Embedder, Vector
+from embeddings import EmbeddedText, Embedder
 from policies import CategoryClassifier, Policy
 from policies.calibration import CalibrationResult, calibrate_threshold, calibrate_verifier, folds_by_group
 from policies.verifier import DEFAULT_VETOES, pair_features
@@ -54,12 +54,12 @@ def read_pairs(path: Path) -> list[LabelledPair]:
     return pairs
 
 
-def _embed(embedder: Embedder, texts: Sequence[str], progress: Progress, *, batch: int = 64) -> Vector:
-    vectors: list[Vector] = []
+def _embed(embedder: Embedder, texts: Sequence[str], progress: Progress, *, batch: int = 64) -> list[EmbeddedText]:
+    embedded: list[EmbeddedText] = []
     for start in range(0, len(texts), batch):
-        vectors.extend(item.vector for item in embedder.embed(list(texts[start : start + batch])))
+        embedded.extend(embedder.embed(list(texts[start : start + batch])))
         progress(f"embedded {min(start + batch, len(texts))}/{len(texts)}")
-    return np.stack(vectors)
+    return embedded
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -80,7 +80,14 @@ def calibrate(
     progress: Progress,
 ) -> Calibration:
     texts = sorted({text for pair in pairs for text in (pair.a, pair.b)})
-    vectors = dict(zip(texts, _embed(embedder, texts, progress), strict=True))
+    embedded = dict(zip(texts, _embed(embedder, texts, progress), strict=True))
+    # The engine never serves a semantic hit for a text the model had to cut (exact match only):
+    # such pairs say nothing about the threshold.
+    kept = [pair for pair in pairs if not (embedded[pair.a].truncated or embedded[pair.b].truncated)]
+    if len(kept) < len(pairs):
+        progress(f"left out {len(pairs) - len(kept)} pairs with a text longer than the model's window")
+    pairs = kept
+    vectors = {text: item.vector for text, item in embedded.items()}
     exemplars = policy.exemplars()
     exemplar_vectors = {
         name: np.stack([item.vector for item in embedder.embed(list(group))]) for name, group in exemplars.items()

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from embeddings import Embedder
-from gateway.calibrate import calibrate, read_pairs, report
+from gateway.calibrate import LabelledPair, calibrate, read_pairs, report
 from policies import parse_policy
 
 SUBJECTS = ["Python lists", "the French revolution", "sourdough bread", "black holes", "tax returns",
@@ -90,3 +90,19 @@ def test_a_calibrated_verifier_is_loaded_from_the_config(tmp_path: Path, real_em
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(ConfigError):
         asyncio.run(open_with(replace(config, verifier=str(tmp_path / "bad.json"))))
+
+
+def test_pairs_the_model_must_truncate_are_left_out(tmp_path: Path, real_embedder: Embedder) -> None:
+    write_pairs(tmp_path / "pairs.jsonl")
+    pairs = read_pairs(tmp_path / "pairs.jsonl")
+    long = "Please summarise this report: " + " ".join(["the quarterly figures rose again"] * 120)
+    pairs.append(LabelledPair(a=long, b=long + " Thanks.", same=True))
+    policy = parse_policy({"categories": [{"name": "default"}]})
+    messages: list[str] = []
+
+    result = calibrate(
+        pairs, policy=policy, embedder=real_embedder, target_precision=0.8, confidence=0.9, progress=messages.append
+    )
+
+    assert "left out 1 pairs with a text longer than the model's window" in messages
+    assert result.pairs_per_category["default"] == len(pairs) - 1
