@@ -104,6 +104,11 @@ def create_app(
         return await runtime.require().models(request)
 
     async def forward(request: Request) -> Response:
+        # Starlette falls through to this catch-all when a gateway route matches the path but not
+        # the method: such a request is for the gateway, not the upstream, and is refused here.
+        allowed = _OWN_PATHS.get(request.url.path)
+        if allowed is not None:
+            raise HTTPException(405, headers={"Allow": allowed})
         return await runtime.require().forward(request)
 
     async def readyz(request: Request) -> Response:
@@ -148,6 +153,9 @@ def create_app(
     return app
 
 
+_OWN_PATHS = {"/v1/chat/completions": "POST", "/v1/completions": "POST", "/v1/models": "GET", "/v1/feedback": "POST"}
+
+
 async def _healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
@@ -159,6 +167,9 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         return await not_found(request)
     if exc.status_code == 405:
         error = MethodNotAllowed(f"Method {request.method} not allowed on {request.url.path}")
+        response = error_response(error)
+        response.headers.update(exc.headers or {})
+        return response
     else:
         error = ServiceUnavailable(str(exc.detail))
     return error_response(error)

@@ -255,6 +255,27 @@ def test_health_and_readiness(gateway: Gateway) -> None:
         assert http.post("/healthz").status_code == 405
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("GET", "/v1/chat/completions", "POST"),
+        ("PUT", "/v1/completions", "POST"),
+        ("GET", "/v1/feedback", "POST"),
+        ("DELETE", "/v1/models", "GET"),
+    ],
+)
+def test_the_gateways_own_paths_refuse_other_methods_instead_of_forwarding(
+    gateway: Gateway, method: str, path: str, allowed: str
+) -> None:
+    with gateway.http() as http:
+        response = http.request(method, path)
+
+    # Forwarded, the simulated upstream's catch-all would have echoed the request with a 200.
+    assert response.status_code == 405
+    assert response.headers["allow"] == allowed
+    assert response.json()["error"]["type"] == "invalid_request_error"
+
+
 def test_store_outage_fails_open(start_gateway: GatewayFactory, upstream: Upstream) -> None:
     store = BrokenStore()
     with start_gateway(store=store) as gateway:
