@@ -46,7 +46,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from embeddings import EmbeddedText, Embedder, EmbeddingBatcher, SentenceTransformerEmbedder  # noqa: E402
+from bench.quality import MemoEmbedder  # noqa: E402
+from embeddings import Embedder, EmbeddingBatcher, SentenceTransformerEmbedder  # noqa: E402
 from embeddings.batcher import BatcherConfig  # noqa: E402
 from gateway.engine import ActivePolicy, CacheEngine, Hit, LookupSettings, Miss  # noqa: E402
 from gateway.metrics import Metrics  # noqa: E402
@@ -94,29 +95,6 @@ def read_conversations(path: Path) -> tuple[list[Conversation], int]:
                 )
             )
     return list(seen), rows
-
-
-class MemoEmbedder:
-    """The real embedder behind an in-memory table: each text is embedded once per run."""
-
-    def __init__(self, inner: Embedder) -> None:
-        self._inner = inner
-        self.table: dict[str, EmbeddedText] = {}
-
-    @property
-    def dimension(self) -> int:
-        return self._inner.dimension
-
-    @property
-    def name(self) -> str:
-        return self._inner.name
-
-    def embed(self, texts: list[str]) -> list[EmbeddedText]:
-        missing = list(dict.fromkeys(text for text in texts if text not in self.table))
-        for start in range(0, len(missing), BATCH):
-            chunk = missing[start : start + BATCH]
-            self.table.update(zip(chunk, self._inner.embed(chunk), strict=True))
-        return [self.table[text] for text in texts]
 
 
 def chat_key(messages: Sequence[dict[str, str]]) -> CacheKey:

@@ -289,17 +289,23 @@ def answer(text: str) -> dict[str, Any]:
     }
 
 
+async def paraphrase_hit_in(cache: SemanticCache) -> CacheHit:
+    """Store QUESTION's answer for tenant sk-a, then look up PARAPHRASE: a semantic hit."""
+    miss = await cache.lookup(chat(QUESTION), api_key="sk-a")
+    assert isinstance(miss, CacheMiss)
+    await cache.remember(miss, answer("Use reversed()."))
+    hit = await cache.lookup(chat(PARAPHRASE), api_key="sk-a")
+    assert isinstance(hit, CacheHit)
+    return hit
+
+
 def test_library_feedback_with_a_verifier_raises_its_similarity_floor(
     gateway_config: GatewayConfig, real_embedder: Embedder, clock: FakeClock
 ) -> None:
     async def scenario() -> None:
         cache = SemanticCache(gateway_config, embedder=real_embedder, clock=clock, verifier=AcceptingVerifier())
         async with cache:
-            miss = await cache.lookup(chat(QUESTION), api_key="sk-a")
-            assert isinstance(miss, CacheMiss)
-            await cache.remember(miss, answer("Use reversed()."))
-            hit = await cache.lookup(chat(PARAPHRASE), api_key="sk-a")
-            assert isinstance(hit, CacheHit)
+            hit = await paraphrase_hit_in(cache)
             assert cache.engine.thresholds() == {"default": 0.5}  # the verifier's floor
 
             with pytest.raises(HitNotFound):
@@ -333,11 +339,7 @@ def test_a_category_feedback_cannot_raise_beyond_its_ceiling(
     async def scenario() -> None:
         async with SemanticCache(replace(gateway_config, policy=str(policy)), embedder=real_embedder,
                                  clock=clock) as cache:  # fmt: skip
-            miss = await cache.lookup(chat(QUESTION), api_key="sk-a")
-            assert isinstance(miss, CacheMiss)
-            await cache.remember(miss, answer("Use reversed()."))
-            hit = await cache.lookup(chat(PARAPHRASE), api_key="sk-a")
-            assert isinstance(hit, CacheHit)
+            hit = await paraphrase_hit_in(cache)
 
             result = await cache.feedback(rating="bad", entry_id=hit.entry_id, api_key="sk-a")
 
@@ -358,11 +360,7 @@ def test_a_category_that_leaves_the_policy_takes_its_feedback_with_it(
     async def scenario() -> None:
         async with SemanticCache(replace(gateway_config, policy=str(policy)), embedder=real_embedder,
                                  clock=clock) as cache:  # fmt: skip
-            miss = await cache.lookup(chat(QUESTION), api_key="sk-a")
-            assert isinstance(miss, CacheMiss)
-            await cache.remember(miss, answer("Use reversed()."))
-            hit = await cache.lookup(chat(PARAPHRASE), api_key="sk-a")
-            assert isinstance(hit, CacheHit)
+            hit = await paraphrase_hit_in(cache)
             assert hit.category == "code"
             await cache.feedback(rating="bad", response_id=hit.answer["id"], api_key="sk-a")
             assert cache.engine.thresholds()["code"] > 0.98
