@@ -446,7 +446,7 @@ async def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 concurrency=args.concurrency,
                 total=args.concurrent_requests,
                 batch=batch,
-                max_wait_ms=float(embedding.get("max_wait_ms", 2.0)),
+                max_wait_ms=float(embedding.get("max_wait_ms", 0.0)),
                 gateway_pid=gw_proc.pid,
             )
             status(f"litellm.acompletion vs raw httpx POST to the upstream, {args.requests} each, interleaved")

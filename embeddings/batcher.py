@@ -1,7 +1,10 @@
 """Micro-batching of concurrent embedding requests onto one worker thread.
 
-Concurrent requests arriving within `max_wait_ms` of each other share one model call, which is
-where the throughput comes from on a CPU; the event loop only ever awaits futures.
+Requests that queue up while the model is busy share its next call, which is where the throughput
+comes from on a CPU; the event loop only ever awaits futures. With one model thread that needs no
+waiting: under load the queue fills during each call by itself, and an idle request is served at
+once. `max_wait_ms` > 0 holds each batch open that long for more batch-mates, which costs every
+request the wait and, measured here (bench/RESULTS.md), bought no throughput.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from embeddings.protocol import EmbeddedText, Embedder
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BatcherConfig:
     max_batch: int = 32
-    max_wait_ms: float = 2.0
+    max_wait_ms: float = 0.0
     max_queue: int = 1024
     deadline_ms: float = 1000.0
 

@@ -45,7 +45,7 @@ class UpstreamConfig:
 class EmbeddingConfig:
     model: str = PACKAGED_MODEL
     max_batch: int = field(default=32, metadata=check(in_range(1, 4096)))
-    max_wait_ms: float = field(default=2.0, metadata=check(in_range(0, 1000)))
+    max_wait_ms: float = field(default=0.0, metadata=check(in_range(0, 1000)))
     max_queue: int = field(default=1024, metadata=check(positive))
     deadline_ms: float = field(default=1000.0, metadata=check(positive))
     threads: int = field(default=1, metadata=check(in_range(1, 256)))
