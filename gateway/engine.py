@@ -331,10 +331,10 @@ class CacheEngine:
             replaced = await self._store.put(entry)
             for index in self._indexes.values():
                 await index.remove(replaced)
-            if entry.embedding is not None:
-                index = self._indexes[category.name]
-                await self._evict(index, category, room_for=1)
-                await index.add([_index_item(entry)])
+            # Exact-only entries (no vector) count against the quota too: the index keeps them.
+            index = self._indexes[category.name]
+            await self._evict(index, category, room_for=1)
+            await index.add([_index_item(entry)])
         except Exception as exc:  # fail-open boundary: the client has its answer already
             self._fault("remember", exc)
             return False
@@ -363,7 +363,7 @@ class CacheEngine:
             for entry in page:
                 if entry.category not in self._indexes:
                     orphans.append(entry.entry_id)
-                elif entry.embedding is not None:
+                else:
                     await self._indexes[entry.category].add([_index_item(entry)])
                     count += 1
         await self._store.delete(orphans)
@@ -410,7 +410,6 @@ def _check_threshold(threshold: float | None, category: Category) -> None:
 
 
 def _index_item(entry: CacheEntry) -> IndexItem:
-    assert entry.embedding is not None
     return IndexItem(
         entry_id=entry.entry_id,
         scope=entry.scope_key,

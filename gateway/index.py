@@ -1,5 +1,9 @@
 """The in-memory HNSW index over cached prompts, partitioned by scope.
 
+It also keeps the bookkeeping of a category's entries that have no vector (prompts the embedder
+had to cut: exact match only), so that quota eviction weighs every entry of the category, not only
+the searchable ones; those are never search results.
+
 hnswlib is not safe to search while inserting, so every call runs on the index's own single
 worker thread and under its lock; the event loop only awaits. Similarity is cosine similarity in
 [0, 1]; `similarity_from_distance` is the one place hnswlib's distance is converted.
@@ -61,7 +65,7 @@ class _Scope:
 class IndexItem:
     entry_id: str
     scope: str
-    vector: Vector
+    vector: Vector | None  # None: exact match only, kept for the quota
     created_at: float
     expires_at: float
     hit_count: int = 0
@@ -78,13 +82,15 @@ class VectorIndex:
         self._lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="semcache-index")
         self._slots: dict[int, _Slot] = {}
+        self._plain: dict[str, _Slot] = {}  # entries without a vector, by id
         self._labels: dict[str, int] = {}
         self._scopes: dict[str, _Scope] = {}
         self._next_label = 0
         self._deleted = 0
 
     def __len__(self) -> int:
-        return len(self._slots)
+        """Every entry of the index, searchable or not: what counts against the quota."""
+        return len(self._slots) + len(self._plain)
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
@@ -117,24 +123,32 @@ class VectorIndex:
     def _touch(self, entry_id: str, now: float) -> None:
         with self._lock:
             label = self._labels.get(entry_id)
-            if label is not None:
-                slot = self._slots[label]
+            slot = self._slots[label] if label is not None else self._plain.get(entry_id)
+            if slot is not None:
                 slot.hits += 1
                 slot.last_used_at = now
 
     def _victims(self, count: int, now: float) -> list[str]:
         with self._lock:
-            ranked = sorted(self._slots.values(), key=lambda slot: (slot.expires_at > now, slot.value(now)))
+            slots = [*self._slots.values(), *self._plain.values()]
+            ranked = sorted(slots, key=lambda slot: (slot.expires_at > now, slot.value(now)))
             return [slot.entry_id for slot in ranked[: max(0, count)]]
 
     def _retime(self, ttl_s: float) -> None:
         with self._lock:
-            for slot in self._slots.values():
+            for slot in [*self._slots.values(), *self._plain.values()]:
                 slot.expires_at = slot.created_at + ttl_s
 
-    def _add(self, items: Sequence[IndexItem]) -> None:
+    def _add(self, all_items: Sequence[IndexItem]) -> None:
         with self._lock:
-            self._remove_locked([item.entry_id for item in items if item.entry_id in self._labels])
+            self._remove_locked([item.entry_id for item in all_items])
+            for item in all_items:
+                if item.vector is None:
+                    self._plain[item.entry_id] = _slot(item)
+            items = [item for item in all_items if item.vector is not None]
+            vectors = [item.vector for item in all_items if item.vector is not None]
+            if not items:
+                return
             # Deleted slots are reused first, so this over-counts a little and never under-counts.
             required = len(self._slots) + self._deleted + len(items)
             capacity = self._hnsw.get_max_elements()
@@ -142,22 +156,15 @@ class VectorIndex:
                 self._hnsw.resize_index(max(capacity * 2, required))
             labels = np.arange(self._next_label, self._next_label + len(items))
             self._next_label += len(items)
-            vectors = np.stack([item.vector for item in items]).astype(np.float32, copy=False)
+            matrix = np.stack(vectors).astype(np.float32, copy=False)
             reuse = min(self._deleted, len(items))
             if reuse:
-                self._hnsw.add_items(vectors[:reuse], labels[:reuse], replace_deleted=True)
+                self._hnsw.add_items(matrix[:reuse], labels[:reuse], replace_deleted=True)
                 self._deleted -= reuse
             if reuse < len(items):
-                self._hnsw.add_items(vectors[reuse:], labels[reuse:])
+                self._hnsw.add_items(matrix[reuse:], labels[reuse:])
             for label, item in zip(labels.tolist(), items, strict=True):
-                self._slots[label] = _Slot(
-                    entry_id=item.entry_id,
-                    scope=item.scope,
-                    created_at=item.created_at,
-                    expires_at=item.expires_at,
-                    hits=item.hit_count,
-                    last_used_at=item.last_used_at if item.last_used_at is not None else item.created_at,
-                )
+                self._slots[label] = _slot(item)
                 self._labels[item.entry_id] = label
                 self._scopes.setdefault(item.scope, _Scope()).labels.add(label)
 
@@ -167,6 +174,7 @@ class VectorIndex:
 
     def _remove_locked(self, entry_ids: list[str]) -> None:
         for entry_id in entry_ids:
+            self._plain.pop(entry_id, None)
             label = self._labels.pop(entry_id, None)
             if label is None:
                 continue
@@ -208,3 +216,14 @@ class VectorIndex:
                 for label, distance in found
                 for slot in (self._slots[label],)
             ]
+
+
+def _slot(item: IndexItem) -> _Slot:
+    return _Slot(
+        entry_id=item.entry_id,
+        scope=item.scope,
+        created_at=item.created_at,
+        expires_at=item.expires_at,
+        hits=item.hit_count,
+        last_used_at=item.last_used_at if item.last_used_at is not None else item.created_at,
+    )

@@ -137,6 +137,18 @@ def test_quota_prefers_evicting_an_expired_entry(categorized: Gateway, clock: Fa
     assert ask(categorized, "Give me a recipe for banana bread.").headers["x-semcache"] == "exact"
 
 
+def test_exact_only_entries_count_against_the_quota(categorized: Gateway) -> None:
+    # Prompts longer than the model's window are cached for exact repeats only; `default` holds 2.
+    long = [f"Summarise report {name}: " + " ".join([f"{name} sales rose in every region"] * 80) for name in "ABC"]
+    for number, prompt in enumerate(long, 1):
+        assert ask(categorized, prompt).headers["x-semcache"] == "miss"
+        categorized.wait_until_stored(number)
+
+    assert categorized.metric('semcache_evicted_total{category="default"}') == 1
+    # Newest first: asking the evicted one again would store it and evict another.
+    assert [ask(categorized, prompt).headers["x-semcache"] for prompt in reversed(long)] == ["exact", "exact", "miss"]
+
+
 def test_reload_keeps_the_cache_applies_ttls_and_drops_removed_categories(
     categorized: Gateway, policy_file: Path, clock: FakeClock
 ) -> None:

@@ -234,3 +234,23 @@ async def test_the_filtered_path_skips_deleted_entries(index: VectorIndex, rng: 
 def test_similarity_from_distance_clamps_to_unit_range(distance: float, similarity: float) -> None:
     assert similarity_from_distance(distance) == pytest.approx(similarity)
     assert 0.0 <= similarity_from_distance(distance) <= 1.0
+
+
+async def test_entries_without_a_vector_count_and_can_be_evicted_but_are_never_found(
+    index: VectorIndex, rng: np.random.Generator
+) -> None:
+    [searchable] = items(unit_vectors(rng, 1), scope="s", prefix="e", created_at=0.0, expires_at=100.0)
+    plain = IndexItem(entry_id="plain", scope="s", vector=None, created_at=0.0, expires_at=10.0)
+    await index.add([searchable, plain])
+
+    assert len(index) == 2
+    assert searchable.vector is not None
+    assert [match.entry_id for match in await index.search(searchable.vector, scope="s", k=4)] == ["e0"]
+    await index.touch("plain", now=5.0)
+    await index.touch("plain", now=5.0)
+    assert await index.victims(1, now=5.0) == ["e0"]  # the plain entry was used twice, e0 never
+    assert await index.victims(1, now=20.0) == ["plain"]  # expired entries go first
+    await index.retime(ttl_s=1000.0)
+    assert await index.victims(1, now=20.0) == ["e0"]  # a new TTL applies to plain entries too
+    await index.remove(["plain"])
+    assert len(index) == 1
