@@ -9,8 +9,9 @@ answered here (JSON, or a replayed SSE stream) and never reaches the app. A miss
 its body replayed; the app's response is forwarded as it comes and recorded on the way, and a 200 with
 a complete answer (a finish_reason, and `[DONE]` for a stream) is remembered after it was sent, under
 the category the policy gives its prompt. A
-stream that breaks, errors or is abandoned by the client is never stored. Every other route and
-method passes through untouched. Responses of the cached routes carry the proxy's `x-semcache` headers.
+stream that breaks, errors or is abandoned by the client is never stored. Identical misses in flight
+together reach the app once; the others are served its answer (`x-semcache-reason: coalesced`), or
+go to the app themselves if it fails. Every other route and method passes through untouched. Responses of the cached routes carry the proxy's `x-semcache` headers.
 
 Invalid requests: a body that is not JSON, or not a valid OpenAI request, goes to the app as it is
 (`x-semcache: bypass`, `x-semcache-reason: invalid-request`): the app owns its API and its error
@@ -42,8 +43,9 @@ from gateway.errors import ClientFacingError, InvalidRequest
 from gateway.lifetime import CacheLifetime
 from gateway.responses import bearer_key, error_response, lookup_headers, stored_response
 from gateway.semantic_cache import CacheHit, CacheMiss, NotCacheable, SemanticCache
+from gateway.singleflight import Flight, SingleFlight
 from gateway.streams import StreamRecorder
-from gateway.wire import CompletionRequest, Endpoint, parse_json
+from gateway.wire import CompletionRequest, Endpoint, parse_json, replay_completion
 
 logger = logging.getLogger("semcache.middleware")
 
@@ -72,6 +74,7 @@ class SemanticCacheMiddleware:
         prefix = path_prefix.rstrip("/")
         self._routes: dict[str, Endpoint] = {f"{prefix}/chat/completions": "chat", f"{prefix}/completions": "text"}
         self._lifetime = CacheLifetime(cache)
+        self._flights = SingleFlight(max_lifetime_s=cache.config.upstream.timeout_s)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -181,13 +184,29 @@ class SemanticCacheMiddleware:
             self._count(found.outcome)
             await stored_response(found.request, found.answer, headers)(scope, receive, send)
             return
+        # Identical misses in flight together cost the app one answer: the others wait for it.
+        exact_key = found.key.exact
+        if control.lookup and self._flights.in_flight(exact_key):
+            shared = await self._flights.wait(exact_key, timeout_s=self.cache.config.upstream.timeout_s)
+            if shared is not None:
+                self._count(Outcome.EXACT)
+                coalesced = {"x-semcache": Outcome.EXACT, "x-semcache-reason": "coalesced"}
+                answer = replay_completion(shared, endpoint=request.endpoint, now=self.cache.clock())
+                await stored_response(request, answer, coalesced)(scope, receive, send)
+                return
         self._count(Outcome.MISS)
-        on_complete = self._remember(found) if control.store else None
-        await self._forward(scope, receive, send, headers, on_complete=on_complete, endpoint=request.endpoint)
+        flight = self._flights.begin(exact_key)
+        try:
+            on_complete = self._remember(found, flight, store=control.store)
+            await self._forward(scope, receive, send, headers, on_complete=on_complete, endpoint=request.endpoint)
+        finally:
+            flight.finish()  # no complete answer (an error, a broken stream): followers ask the app themselves
 
-    def _remember(self, miss: CacheMiss) -> OnComplete:
+    def _remember(self, miss: CacheMiss, flight: Flight, *, store: bool) -> OnComplete:
         def on_complete(answer: Mapping[str, Any]) -> None:
-            self.cache.remember_later(miss, answer)  # after the client has its answer
+            flight.finish(answer)
+            if store:
+                self.cache.remember_later(miss, answer)  # after the client has its answer
 
         return on_complete
 

@@ -158,6 +158,10 @@ class SemanticCache:
         self._served = ServedHits(config.feedback.remember_hits)
 
     @property
+    def clock(self) -> Clock:
+        return self._clock
+
+    @property
     def engine(self) -> CacheEngine:
         if self._engine is None:
             raise RuntimeError("SemanticCache is not open: use `async with SemanticCache(...)`")

@@ -9,6 +9,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,6 +112,21 @@ def test_miss_calls_the_app_once_and_the_paraphrase_hit_never_does(
     assert second == first
     assert QUESTION in (second or "")
     assert len(state.received) == 1  # the app was not called for the hit
+
+
+def test_concurrent_identical_misses_call_the_app_once(starlette_app: tuple[Served, UpstreamState]) -> None:
+    app, state = starlette_app
+    state.latency_ms = 500  # long enough for every request to arrive while the first is answered
+    prompt = "Name three rivers that flow through Germany."
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(lambda _: app.ask(prompt), range(8)))
+
+    assert len(state.received) == 1
+    assert {text for _, text in answers} == {answers[0][1]}
+    outcomes = sorted(headers["x-semcache"] for headers, _ in answers)
+    assert outcomes == ["exact"] * 7 + ["miss"]
+    assert sum(headers.get("x-semcache-reason") == "coalesced" for headers, _ in answers) == 7
 
 
 def test_streamed_miss_is_forwarded_stored_and_replayed_as_sse(starlette_app: tuple[Served, UpstreamState]) -> None:
