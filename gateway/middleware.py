@@ -8,10 +8,11 @@
 answered here (JSON, or a replayed SSE stream) and never reaches the app. A miss goes to the app with
 its body replayed; the app's response is forwarded as it comes and recorded on the way, and a 200 with
 a complete answer (a finish_reason, and `[DONE]` for a stream) is remembered after it was sent, under
-the category the policy gives its prompt. A
-stream that breaks, errors or is abandoned by the client is never stored. Identical misses in flight
-together reach the app once; the others are served its answer (`x-semcache-reason: coalesced`), or
-go to the app themselves if it fails. Every other route and method passes through untouched. Responses of the cached routes carry the proxy's `x-semcache` headers.
+the category the policy gives its prompt. A stream that breaks, errors or is abandoned by the client
+is never stored. Identical misses in flight together reach the app once; the others are served its
+answer (`x-semcache-reason: coalesced`), or go to the app themselves if it fails. Every other route
+and method passes through untouched. Responses of the cached routes carry the proxy's `x-semcache`
+headers.
 
 Invalid requests: a body that is not JSON, or not a valid OpenAI request, goes to the app as it is
 (`x-semcache: bypass`, `x-semcache-reason: invalid-request`): the app owns its API and its error

@@ -50,7 +50,7 @@ from gateway.wire import (
     parse_text_request,
     replay_completion,
 )
-from policies import DEFAULT, CategoryClassifier, Policy, load_policy, parse_policy
+from policies import DEFAULT, CategoryClassifier, Policy, PolicyError, load_policy, parse_policy
 from policies.feedback import ControllerSettings
 from policies.verifier import LogisticVerifier, Verifier, VerifierError
 
@@ -155,6 +155,7 @@ class SemanticCache:
         self._engine: CacheEngine | None = None
         self._batcher: EmbeddingBatcher | None = None
         self._reload_lock = asyncio.Lock()
+        self._embedding_model: str | None = None
         self._served = ServedHits(config.feedback.remember_hits)
 
     @property
@@ -188,11 +189,16 @@ class SemanticCache:
 
     async def _open(self, stack: contextlib.AsyncExitStack) -> CacheEngine:
         config = self.config
+        policy = await self._read_policy()
+        self._embedding_model = policy.embedding_model
         embedder = self._embedder
         if embedder is None:
             # Loading the model takes seconds: off the event loop.
-            embedder = await asyncio.to_thread(
-                SentenceTransformerEmbedder, config.embedding.model, threads=config.embedding.threads
+            model = policy.embedding_model or config.embedding.model
+            embedder = await asyncio.to_thread(SentenceTransformerEmbedder, model, threads=config.embedding.threads)
+        elif policy.embedding_model is not None:
+            logger.warning(
+                "the policy names embedding model %s; the embedder handed in is used", policy.embedding_model
             )
         store = self._store
         if store is None:
@@ -216,7 +222,6 @@ class SemanticCache:
                 self._verifier = LogisticVerifier.from_json(text)
             except (OSError, VerifierError) as exc:
                 raise ConfigError(config.verifier, [f"verifier: {exc}"]) from exc
-        policy = await self._read_policy()
         feedback = config.feedback
         thresholds = Thresholds(
             ControllerSettings(confidence=feedback.confidence, relax_step=feedback.relax_step, window=feedback.window),
@@ -276,6 +281,15 @@ class SemanticCache:
         raises `PolicyError` with every problem, and the policy in force stays."""
         async with self._reload_lock:
             policy = await self._read_policy()
+            if policy.embedding_model != self._embedding_model:
+                raise PolicyError(
+                    self.config.policy or "<policy>",
+                    [
+                        f"embedding_model: {policy.embedding_model!r} differs from the model in use "
+                        f"({self._embedding_model!r}); the cache's vectors and thresholds belong to that one: "
+                        "restart the gateway to change it"
+                    ],
+                )
             dropped = await self.engine.apply_policy(await self._activate(policy))
         logger.info("policy reloaded: %d categories; dropped %s", len(policy.categories), dropped or "nothing")
         return ReloadResult(categories=policy.names, dropped=dropped)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
@@ -215,6 +215,9 @@ class Policy:
     categories: tuple[Category, ...] = field(metadata=check(_non_empty))
     classifier: ClassifierSettings = field(default_factory=ClassifierSettings)
     models: tuple[ModelSpec, ...] = ()
+    # The embedding model the thresholds were calibrated for (e.g. one `semcache tune` made); it
+    # replaces the config's `embedding.model`. A local folder is relative to the policy file.
+    embedding_model: str | None = None
     _by_name: Mapping[str, Category] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -294,4 +297,8 @@ def load_policy(path: str | Path) -> Policy:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise PolicyError(str(path), [f"not valid YAML: {exc}"]) from exc
-    return parse_policy(data, source=str(path))
+    policy = parse_policy(data, source=str(path))
+    model = policy.embedding_model
+    if model is not None and not Path(model).is_absolute() and (Path(path).parent / model).is_dir():
+        policy = replace(policy, embedding_model=str((Path(path).parent / model).resolve()))
+    return policy

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -11,7 +15,10 @@ import pytest
 from embeddings import PACKAGED_MODEL, Embedder, SentenceTransformerEmbedder
 from gateway.calibrate import LabelledPair
 from gateway.cli import main
+from gateway.config import GatewayConfig
+from gateway.semantic_cache import CacheHit, CacheMiss, SemanticCache
 from gateway.tune import TUNE_RECORD, TuneSettings, tune_embedder
+from policies import PolicyError
 from tests.conftest import GatewayFactory
 
 # Pairs a general model scores as near-duplicates although a cache must not reuse one's answer for
@@ -124,3 +131,43 @@ def test_a_gateway_on_the_tuned_model_does_not_search_the_old_models_vectors(
             model="sim-large", messages=[{"role": "user", "content": question}]
         )
         assert response.headers["x-semcache"] == "miss"  # even the exact repeat: the cache was dropped
+
+
+def test_a_policy_can_point_at_the_tuned_model(tuned: Path, tmp_path: Path, gateway_config: GatewayConfig) -> None:
+    policy = tmp_path / "policy.yaml"
+    relative = os.path.relpath(tuned, tmp_path)  # a local folder is relative to the policy file
+    policy.write_text(f"embedding_model: {relative}\ncategories:\n  - name: default\n    similarity_threshold: 0.5\n")
+    config = replace(gateway_config, policy=str(policy))
+    question, other = SWAPPED[0]
+    tuned_model = SentenceTransformerEmbedder(str(tuned))
+    [one, two] = tuned_model.embed([question, other])
+
+    async def scenario() -> None:
+        async with SemanticCache(config) as cache:  # no embedder handed in: the policy's is loaded
+            miss = await cache.lookup(chat(question))
+            assert isinstance(miss, CacheMiss)
+            await cache.remember(miss, answer("Multiply by 0.621."))
+            found = await cache.lookup(chat(other))
+            similarity = found.similarity if isinstance(found, CacheHit) else found.best_similarity
+            assert similarity == pytest.approx(float(one.vector @ two.vector), abs=1e-3)
+
+            policy.write_text("categories:\n  - name: default\n")  # back to the config's model: refused
+            with pytest.raises(PolicyError, match="embedding_model"):
+                await cache.reload_policy()
+            assert cache.engine.policy.category("default").similarity_threshold == 0.5
+
+    asyncio.run(scenario())
+
+
+def chat(prompt: str) -> dict[str, Any]:
+    return {"model": "sim-large", "messages": [{"role": "user", "content": prompt}]}
+
+
+def answer(text: str) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-tuned",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "sim-large",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+    }

@@ -556,3 +556,15 @@ def test_a_file_with_problems_names_the_file_and_paths(tmp_path: Path) -> None:
         load_policy(path)
 
     assert str(raised.value) == f"{path}: categories[2].similarity_threshold: must be in (0, 1], got 1.4"
+
+
+def test_a_local_embedding_model_is_relative_to_the_policy_file(tmp_path: Path) -> None:
+    (tmp_path / "models" / "tuned").mkdir(parents=True)
+    local = tmp_path / "local.yaml"
+    local.write_text("embedding_model: models/tuned\ncategories:\n  - name: default\n")
+    hub = tmp_path / "hub.yaml"
+    hub.write_text("embedding_model: sentence-transformers/all-mpnet-base-v2\ncategories:\n  - name: default\n")
+
+    assert load_policy(local).embedding_model == str((tmp_path / "models" / "tuned").resolve())
+    assert load_policy(hub).embedding_model == "sentence-transformers/all-mpnet-base-v2"
+    assert load_policy(EXAMPLES / "general_assistant.yaml").embedding_model is None
