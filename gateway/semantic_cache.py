@@ -400,7 +400,8 @@ class SemanticCache:
             if hit.rated:
                 raise AlreadyRated("this hit was rated already", param="id", code="already_rated")
             hit.rated = True  # before any await: a concurrent second rating is refused
-            similarity = None if hit.exact else hit.similarity
+            trusted = self.config.feedback.moves_thresholds == "everyone" or tenant.startswith("tenant:")
+            similarity = None if hit.exact or not trusted else hit.similarity
             return await engine.rate(entry_id=hit.entry_id, category=hit.category, similarity=similarity,
                                      rating=rating)  # fmt: skip
         assert entry_id is not None

@@ -15,7 +15,7 @@ import pytest
 
 from embeddings import Embedder
 from gateway import CacheHit, CacheMiss, GatewayConfig, InvalidRequest, SemanticCache
-from gateway.config import AdminConfig, FeedbackConfig
+from gateway.config import AdminConfig, FeedbackConfig, key_digest
 from gateway.feedback import AlreadyRated, HitNotFound
 from tests.conftest import Gateway, GatewayFactory, Upstream
 from tests.doubles import BrokenStore, FakeClock
@@ -377,5 +377,35 @@ def test_a_category_that_leaves_the_policy_takes_its_feedback_with_it(
             )
             await cache.reload_policy()  # back, and starting afresh
             assert cache.engine.thresholds()["code"] == 0.85
+
+    asyncio.run(scenario())
+
+
+def test_only_listed_tenants_move_thresholds_when_so_configured(
+    gateway_config: GatewayConfig, real_embedder: Embedder, clock: FakeClock
+) -> None:
+    config = replace(
+        gateway_config,
+        feedback=FeedbackConfig(moves_thresholds="listed_tenants"),
+        tenant_by_key_sha256={key_digest("sk-listed"): "team-a"},
+    )
+
+    async def scenario() -> None:
+        async with SemanticCache(config, embedder=real_embedder, clock=clock) as cache:
+            for key, moves in (("sk-unknown", False), ("sk-listed", True)):
+                miss = await cache.lookup(chat(QUESTION), api_key=key)
+                assert isinstance(miss, CacheMiss)
+                await cache.remember(miss, answer("Use reversed()."))
+                hit = await cache.lookup(chat(PARAPHRASE), api_key=key)
+                assert isinstance(hit, CacheHit)
+
+                result = await cache.feedback(rating="bad", entry_id=hit.entry_id, api_key=key)
+
+                assert result.entry_removed  # anyone may remove a bad answer of their own
+                assert result.counted is moves
+                if moves:
+                    assert result.threshold is not None and result.threshold > hit.similarity
+                else:
+                    assert result.threshold == 0.85  # the unknown key's rating left it where it was
 
     asyncio.run(scenario())
