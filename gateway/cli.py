@@ -45,14 +45,13 @@ def _serve(args: argparse.Namespace) -> int:
 def _calibrate(args: argparse.Namespace) -> int:
     from embeddings import SentenceTransformerEmbedder
     from gateway.calibrate import calibrate, read_pairs, report
-    from gateway.semantic_cache import implied_policy
-    from policies import load_policy
+    from gateway.semantic_cache import configured_policy, embedding_model
 
     config = load_config(args.config)
-    policy = load_policy(config.policy) if config.policy is not None else implied_policy(config)
+    policy = configured_policy(config)
     pairs = read_pairs(Path(args.pairs))
     print(f"semcache calibrate: {len(pairs)} labelled pairs, {len(policy.names)} categories", file=sys.stderr)
-    embedder = SentenceTransformerEmbedder(config.embedding.model, threads=config.embedding.threads)
+    embedder = SentenceTransformerEmbedder(embedding_model(config, policy), threads=config.embedding.threads)
     result = calibrate(
         pairs,
         policy=policy,
@@ -78,9 +77,13 @@ def _calibrate(args: argparse.Namespace) -> int:
 def _tune(args: argparse.Namespace) -> int:
     from embeddings import PACKAGED_MODEL
     from gateway.calibrate import read_pairs
+    from gateway.semantic_cache import configured_policy, embedding_model
     from gateway.tune import TuneSettings, tune_embedder
 
-    base = args.base_model or (load_config(args.config).embedding.model if args.config else PACKAGED_MODEL)
+    base = args.base_model or PACKAGED_MODEL
+    if args.base_model is None and args.config:
+        config = load_config(args.config)
+        base = embedding_model(config, configured_policy(config))
     try:
         pairs = read_pairs(Path(args.pairs))
         settings = TuneSettings(

@@ -176,6 +176,9 @@ def load_config(path: str | Path) -> GatewayConfig:
         config = replace(config, policy=str((here / config.policy).resolve()))
     if config.verifier is not None:
         config = replace(config, verifier=str((here / config.verifier).resolve()))
+    model = Path(config.embedding.model)
+    if not model.is_absolute() and (here / model).is_dir():  # a local folder; else a hub name
+        config = replace(config, embedding=replace(config.embedding, model=str((here / model).resolve())))
     return config
 
 

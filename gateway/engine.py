@@ -298,7 +298,7 @@ class CacheEngine:
                 continue
             try:
                 self._thresholds.load(name, state_from_document(document))
-            except (ValueError, TypeError) as exc:
+            except Exception as exc:  # fail-open boundary: one unreadable state, not all
                 logger.warning("feedback state of category %s is unreadable, starting afresh: %s", name, exc)
                 continue
             restored += 1

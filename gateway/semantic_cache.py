@@ -118,6 +118,17 @@ def implied_policy(config: GatewayConfig) -> Policy:
     return parse_policy({"categories": [{"name": DEFAULT, **implied}]}, source="cache section of the config")
 
 
+def embedding_model(config: GatewayConfig, policy: Policy) -> str:
+    """The model the gateway embeds with: the one the policy's thresholds were calibrated for, else
+    the config's. Calibration and tuning start from the same one."""
+    return policy.embedding_model or config.embedding.model
+
+
+def configured_policy(config: GatewayConfig) -> Policy:
+    """The config's policy file, or the policy its cache section implies. Raises `PolicyError`."""
+    return load_policy(config.policy) if config.policy is not None else implied_policy(config)
+
+
 async def _purge_periodically(engine: CacheEngine, interval_s: float) -> None:
     while True:
         await asyncio.sleep(interval_s)
@@ -194,7 +205,7 @@ class SemanticCache:
         embedder = self._embedder
         if embedder is None:
             # Loading the model takes seconds: off the event loop.
-            model = policy.embedding_model or config.embedding.model
+            model = embedding_model(config, policy)
             embedder = await asyncio.to_thread(SentenceTransformerEmbedder, model, threads=config.embedding.threads)
         elif policy.embedding_model is not None:
             logger.warning(
@@ -239,11 +250,7 @@ class SemanticCache:
         )
         stack.callback(engine.close)
         stack.callback(self.metrics.watch_thresholds(engine.thresholds))
-        try:
-            await self._restore(engine, store, batcher.embedder.name)
-        except Exception:  # fail-open boundary: start empty, from the configured thresholds
-            self.metrics.fail_open.labels(stage="rebuild").inc()
-            logger.exception("could not restore the cache from the store")
+        await self._restore(engine, store, batcher.embedder.name)
         # Registered after the store and batcher, so pending writes finish before they close.
         stack.push_async_callback(self.tasks.drain, timeout_s=30.0)
         purger = asyncio.create_task(_purge_periodically(engine, config.cache.cleanup_interval_s))
@@ -251,21 +258,34 @@ class SemanticCache:
         return engine
 
     async def _restore(self, engine: CacheEngine, store: Store, embedder: str) -> None:
-        """Reload what the store kept: feedback thresholds, then the index. Vectors and thresholds
-        of another embedding model would be meaningless here, so the store drops them first."""
-        dropped = await store.adopt_embedder(embedder)
+        """Reload what the store kept, each step failing open on its own: the index even when the
+        feedback state is unreadable. Vectors and thresholds of another embedding model mean nothing
+        here, so the store drops them first; when it cannot say whose they are, nothing is loaded."""
+        try:
+            dropped = await store.adopt_embedder(embedder)
+        except Exception:  # fail-open boundary: start empty rather than search unknown vectors
+            self.metrics.fail_open.labels(stage="rebuild").inc()
+            logger.exception("could not tell which model embedded the store's entries; starting empty")
+            return
         if dropped:
             logger.warning("dropped the store's %d entries: they were embedded by another model", dropped)
-        restored = await engine.load_feedback()
-        if restored:
-            logger.info("feedback thresholds restored for %d categories", restored)
-        logger.info("index rebuilt with %d entries", await engine.rebuild_index())
+        try:
+            restored = await engine.load_feedback()
+        except Exception:  # fail-open boundary: the configured thresholds
+            self.metrics.fail_open.labels(stage="feedback").inc()
+            logger.exception("could not restore the feedback state from the store")
+        else:
+            if restored:
+                logger.info("feedback thresholds restored for %d categories", restored)
+        try:
+            logger.info("index rebuilt with %d entries", await engine.rebuild_index())
+        except Exception:  # fail-open boundary: an empty index, traffic still served
+            self.metrics.fail_open.labels(stage="rebuild").inc()
+            logger.exception("could not rebuild the index from the store")
 
     async def _read_policy(self) -> Policy:
         """The policy file, or the one-category policy the `cache` section implies. Raises `PolicyError`."""
-        if self.config.policy is not None:
-            return await asyncio.to_thread(load_policy, self.config.policy)
-        return implied_policy(self.config)
+        return await asyncio.to_thread(configured_policy, self.config)
 
     async def _activate(self, policy: Policy) -> ActivePolicy:
         """Embed the exemplars once, on the embedder's thread, and build the classifier."""

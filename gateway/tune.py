@@ -89,7 +89,11 @@ def tune_embedder(
         raise ValueError(f"need both duplicate and non-duplicate pairs, got {duplicates} of {len(pairs)} duplicates")
     import torch
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.losses import OnlineContrastiveLoss
+
+    try:  # the layout of sentence-transformers 6; older releases export it from `losses`
+        from sentence_transformers.sentence_transformer.losses import OnlineContrastiveLoss
+    except ImportError:
+        from sentence_transformers.losses import OnlineContrastiveLoss  # type: ignore[import-not-found,no-redef]
     from transformers import get_linear_schedule_with_warmup
 
     started = time.perf_counter()

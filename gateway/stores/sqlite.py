@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +18,7 @@ from gateway.errors import StoreError
 from gateway.stores.base import FORMAT_VERSION, CacheEntry
 
 T = TypeVar("T")
+logger = logging.getLogger("semcache.store")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
@@ -231,10 +233,11 @@ class SqliteStore:
         return ids
 
     async def put_feedback(self, category: str, state: Mapping[str, Any]) -> None:
-        document = json.dumps(dict(state), separators=(",", ":"))
+        # Serialized on the store's thread too: a state holds up to `feedback.window` ratings.
         await self._call(
             lambda: self._conn().execute(
-                "INSERT OR REPLACE INTO feedback (category, state) VALUES (?, ?)", (category, document)
+                "INSERT OR REPLACE INTO feedback (category, state) VALUES (?, ?)",
+                (category, json.dumps(dict(state), separators=(",", ":"))),
             )
         )
 
@@ -243,7 +246,13 @@ class SqliteStore:
 
     def _feedback_states(self) -> dict[str, Mapping[str, Any]]:
         rows = self._conn().execute("SELECT category, state FROM feedback").fetchall()
-        return {category: json.loads(state) for category, state in rows}
+        states: dict[str, Mapping[str, Any]] = {}
+        for category, state in rows:
+            try:
+                states[category] = json.loads(state)
+            except json.JSONDecodeError:  # one damaged row must not hide the others
+                logger.warning("feedback state of category %s is not JSON: skipped", category)
+        return states
 
     async def adopt_embedder(self, name: str) -> int:
         return await self._call(self._adopt_embedder, name)
