@@ -87,14 +87,15 @@ class FeedbackConfig:
     # The most one good rating lowers a threshold.
     relax_step: float = field(default=0.005, metadata=check(in_range(0, 1)))
     # Ratings kept per category (the most recent), in the store.
-    window: int = field(default=1000, metadata=check(in_range(1, 1_000_000)))
+    window: int = field(default=1000, metadata=check(in_range(1, 100_000)))
     # Hits remembered (in memory) so that a rating can name the response `id`; older ones can
     # still be rated by entry, which removes a bad entry but cannot move the threshold.
     remember_hits: int = field(default=50_000, metadata=check(in_range(1, 10_000_000)))
     # Whose ratings move the thresholds, which every tenant shares: "everyone", or only callers of a
     # tenant listed under `tenants` ("listed_tenants"), so that an unknown key cannot tighten a
     # category for all. Anyone may still rate their own hits, and a bad rating removes the entry.
-    moves_thresholds: Literal["everyone", "listed_tenants"] = "everyone"
+    # Unset: "listed_tenants" when `tenants` lists any, else "everyone".
+    moves_thresholds: Literal["everyone", "listed_tenants"] | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -250,11 +250,12 @@ class CacheEngine:
     async def forget(self, entry_id: str) -> bool:
         """Stop serving an entry (a bad rating): out of the store and the index. Returns whether
         it was there; a store fault is counted and reported as not removed."""
+        # Out of the indexes first: whatever the store does next, it is no longer searched.
+        for index in self._indexes.values():
+            await index.remove([entry_id])
         try:
             existed = await self._store.get(entry_id, now=self._clock()) is not None
             await self._store.delete([entry_id])
-            for index in self._indexes.values():
-                await index.remove([entry_id])
         except Exception as exc:  # fail-open boundary: the rating still counts
             self._fault("feedback", exc)
             return False
@@ -275,7 +276,10 @@ class CacheEngine:
         before = self.threshold(rules)
         if similarity is not None:
             floor = self._floor(rules)
-            state = self._thresholds.rate(rules, floor, Rating(similarity=similarity, good=rating == "good"))
+            # Sorting and bounding up to `feedback.window` ratings: a worker thread's job.
+            state = await asyncio.to_thread(
+                self._thresholds.rate, rules, floor, Rating(similarity=similarity, good=rating == "good")
+            )
             try:
                 await self._store.put_feedback(category, state_document(state))
             except Exception as exc:  # fail-open boundary: in force now, lost at a restart

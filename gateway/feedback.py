@@ -11,6 +11,7 @@ itself; a caller cannot claim one); an older hit rated by entry is still removed
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -181,6 +182,9 @@ class Thresholds:
         self.settings = settings
         self.target_error_rate = target_error_rate
         self._states: dict[str, ThresholdState] = {}
+        # `rate` runs on worker threads (it sorts up to a window of ratings): one at a time, so
+        # that no rating is lost; readers see one immutable state or the next.
+        self._rating = threading.Lock()
 
     def bounds(self, category: Category, floor: float) -> Bounds:
         ceiling = category.feedback.max_threshold
@@ -200,15 +204,16 @@ class Thresholds:
 
     def rate(self, category: Category, floor: float, rating: Rating) -> ThresholdState:
         bounds = self.bounds(category, floor)
-        state = rate(
-            self.state(category.name),
-            rating,
-            floor=bounds.floor,
-            ceiling=bounds.ceiling,
-            target_error_rate=bounds.target_error_rate,
-            settings=self.settings,
-        )
-        self._states[category.name] = state
+        with self._rating:
+            state = rate(
+                self.state(category.name),
+                rating,
+                floor=bounds.floor,
+                ceiling=bounds.ceiling,
+                target_error_rate=bounds.target_error_rate,
+                settings=self.settings,
+            )
+            self._states[category.name] = state
         return state
 
     def load(self, name: str, state: ThresholdState) -> None:

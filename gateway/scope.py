@@ -45,6 +45,11 @@ def tenant_for(api_key: str | None, tenant_by_key_sha256: Mapping[str, str]) -> 
     return f"tenant:{tenant}" if tenant is not None else f"key:{digest[:32]}"
 
 
+def is_listed(tenant: str) -> bool:
+    """Whether `tenant` (from `tenant_for`) is one of the config's listed tenants."""
+    return tenant.startswith("tenant:")
+
+
 def normalize_prompt(text: str) -> str:
     """Whitespace and Unicode form only: anything more (case, punctuation) could change meaning."""
     return " ".join(unicodedata.normalize("NFC", text).split())

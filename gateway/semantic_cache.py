@@ -39,7 +39,7 @@ from gateway.feedback import (
     Thresholds,
 )
 from gateway.metrics import Metrics
-from gateway.scope import CacheKey, cache_key, tenant_for
+from gateway.scope import CacheKey, cache_key, is_listed, tenant_for
 from gateway.stores import CacheEntry, SqliteStore, Store
 from gateway.tasks import TaskTracker
 from gateway.wire import (
@@ -420,7 +420,10 @@ class SemanticCache:
             if hit.rated:
                 raise AlreadyRated("this hit was rated already", param="id", code="already_rated")
             hit.rated = True  # before any await: a concurrent second rating is refused
-            trusted = self.config.feedback.moves_thresholds == "everyone" or tenant.startswith("tenant:")
+            moves = self.config.feedback.moves_thresholds
+            if moves is None:
+                moves = "listed_tenants" if self.config.tenant_by_key_sha256 else "everyone"
+            trusted = moves == "everyone" or is_listed(tenant)
             similarity = None if hit.exact or not trusted else hit.similarity
             return await engine.rate(entry_id=hit.entry_id, category=hit.category, similarity=similarity,
                                      rating=rating)  # fmt: skip

@@ -66,10 +66,7 @@ def precision_lower_bound(true_hits: int, false_hits: int, confidence: float) ->
     """One-sided Wilson score lower bound on precision = true / (true + false); 0 with no hits."""
     if true_hits < 0 or false_hits < 0:
         raise ValueError("hit counts must be >= 0")
-    z = _z(confidence)
-    served = np.array([true_hits + false_hits], dtype=np.float64)
-    bound = float(_wilson_lower(np.array([true_hits], dtype=np.float64), served, z)[0])
-    return min(bound, true_hits / (true_hits + false_hits)) if served[0] else 0.0
+    return float(precision_lower_bounds([true_hits], [true_hits + false_hits], confidence)[0])
 
 
 def precision_lower_bounds(

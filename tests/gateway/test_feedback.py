@@ -395,13 +395,11 @@ def test_a_category_that_leaves_the_policy_takes_its_feedback_with_it(
     asyncio.run(scenario())
 
 
-def test_only_listed_tenants_move_thresholds_when_so_configured(
+def test_only_listed_tenants_move_thresholds_when_tenants_are_listed(
     gateway_config: GatewayConfig, real_embedder: Embedder, clock: FakeClock
 ) -> None:
-    config = replace(
-        gateway_config,
-        feedback=FeedbackConfig(moves_thresholds="listed_tenants"),
-        tenant_by_key_sha256={key_digest("sk-listed"): "team-a"},
+    config = replace(  # listed tenants and no `moves_thresholds`: "listed_tenants" by default
+        gateway_config, tenant_by_key_sha256={key_digest("sk-listed"): "team-a"}
     )
 
     async def scenario() -> None:
