@@ -245,7 +245,13 @@ def tune(
     min_pairs: int,
 ) -> Tuning:
     policy = active.policy
-    cacheable = [pair for pair in pairs if policy.category(category_of[pair.a]).cacheable]
+    # As `semcache calibrate` does: pairs with a text the model cuts are never semantic hits.
+    cacheable = [
+        pair
+        for pair in pairs
+        if policy.category(category_of[pair.a]).cacheable
+        and not (memo.table[pair.a].truncated or memo.table[pair.b].truncated)
+    ]
     overall = (
         calibrate_threshold(
             np.array([memo.similarity(pair.a, pair.b) for pair in cacheable]),
@@ -434,7 +440,7 @@ def direction_tables(
         if tuning.disagreements:
             lines += [
                 f"Note: `semcache calibrate` counted other pairs per category than the engine's classification "
-                f"(calibrate, ours): {tuning.disagreements} (texts the model cuts: calibrate ignores the cut).",
+                f"(calibrate, ours): {tuning.disagreements}.",
                 "",
             ]
     return lines

@@ -106,7 +106,7 @@ def create_app(
     async def forward(request: Request) -> Response:
         # Starlette falls through to this catch-all when a gateway route matches the path but not
         # the method: such a request is for the gateway, not the upstream, and is refused here.
-        allowed = _OWN_PATHS.get(request.url.path)
+        allowed = own_paths.get(request.url.path)
         if allowed is not None:
             raise HTTPException(405, headers={"Allow": allowed})
         return await runtime.require().forward(request)
@@ -133,12 +133,16 @@ def create_app(
     async def prometheus(request: Request) -> Response:
         return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
 
+    own = [
+        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/v1/completions", completions, methods=["POST"]),
+        Route("/v1/models", models, methods=["GET"]),
+        Route("/v1/feedback", rate_hit, methods=["POST"]),
+    ]
+    own_paths = {route.path: ", ".join(sorted((route.methods or set()) - {"HEAD"})) for route in own}
     app = Starlette(
         routes=[
-            Route("/v1/chat/completions", chat_completions, methods=["POST"]),
-            Route("/v1/completions", completions, methods=["POST"]),
-            Route("/v1/models", models, methods=["GET"]),
-            Route("/v1/feedback", rate_hit, methods=["POST"]),
+            *own,
             Route("/v1/{rest:path}", forward, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
             Route("/healthz", _healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
@@ -151,9 +155,6 @@ def create_app(
     )
     app.state.metrics = metrics
     return app
-
-
-_OWN_PATHS = {"/v1/chat/completions": "POST", "/v1/completions": "POST", "/v1/models": "GET", "/v1/feedback": "POST"}
 
 
 async def _healthz(request: Request) -> Response:

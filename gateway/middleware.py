@@ -42,11 +42,11 @@ from gateway.config import GatewayConfig
 from gateway.engine import Outcome
 from gateway.errors import ClientFacingError, InvalidRequest
 from gateway.lifetime import CacheLifetime
-from gateway.responses import bearer_key, error_response, lookup_headers, stored_response
+from gateway.responses import bearer_key, coalesced_response, error_response, lookup_headers, stored_response
 from gateway.semantic_cache import CacheHit, CacheMiss, NotCacheable, SemanticCache
 from gateway.singleflight import Flight, SingleFlight
 from gateway.streams import StreamRecorder
-from gateway.wire import CompletionRequest, Endpoint, parse_json, replay_completion
+from gateway.wire import CompletionRequest, Endpoint, parse_json
 
 logger = logging.getLogger("semcache.middleware")
 
@@ -187,14 +187,12 @@ class SemanticCacheMiddleware:
             return
         # Identical misses in flight together cost the app one answer: the others wait for it.
         exact_key = found.key.exact
-        if control.lookup and self._flights.in_flight(exact_key):
-            shared = await self._flights.wait(exact_key, timeout_s=self.cache.config.upstream.timeout_s)
-            if shared is not None:
-                self._count(Outcome.EXACT)
-                coalesced = {"x-semcache": Outcome.EXACT, "x-semcache-reason": "coalesced"}
-                answer = replay_completion(shared, endpoint=request.endpoint, now=self.cache.clock())
-                await stored_response(request, answer, coalesced)(scope, receive, send)
-                return
+        timeout_s = self.cache.config.upstream.timeout_s
+        shared = await self._flights.join(exact_key, timeout_s=timeout_s) if control.lookup else None
+        if shared is not None:
+            self._count(Outcome.EXACT)
+            await coalesced_response(request, shared, now=self.cache.clock())(scope, receive, send)
+            return
         self._count(Outcome.MISS)
         flight = self._flights.begin(exact_key)
         try:

@@ -23,7 +23,7 @@ from gateway.errors import (
 )
 from gateway.metrics import Metrics
 from gateway.passthrough import Passthrough
-from gateway.responses import bearer_key, error_response, lookup_headers, stored_response
+from gateway.responses import bearer_key, coalesced_response, error_response, lookup_headers, stored_response
 from gateway.semantic_cache import CacheHit, NotCacheable, SemanticCache
 from gateway.singleflight import SingleFlight
 from gateway.streams import DONE, StreamRecorder
@@ -35,7 +35,6 @@ from gateway.wire import (
     parse_chat_request,
     parse_json,
     parse_text_request,
-    replay_completion,
 )
 
 logger = logging.getLogger("semcache.proxy")
@@ -116,12 +115,11 @@ class Proxy:
         if isinstance(found, CacheHit):
             return stored_response(request, found.answer, headers), found.outcome
         exact_key = found.key.exact
-        if control.lookup and self.flights.in_flight(exact_key):
-            shared = await self.flights.wait(exact_key, timeout_s=self.config.upstream.timeout_s)
-            if shared is not None:
-                coalesced = {"x-semcache": Outcome.EXACT, "x-semcache-reason": "coalesced"}
-                answer = replay_completion(shared, endpoint=request.endpoint, now=self.clock())
-                return stored_response(request, answer, coalesced), Outcome.EXACT
+        shared = (
+            await self.flights.join(exact_key, timeout_s=self.config.upstream.timeout_s) if control.lookup else None
+        )
+        if shared is not None:
+            return coalesced_response(request, shared, now=self.clock()), Outcome.EXACT
         flight = self.flights.begin(exact_key)
 
         def on_complete(answer: Mapping[str, Any]) -> None:

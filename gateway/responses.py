@@ -13,7 +13,7 @@ from gateway.engine import Outcome
 from gateway.errors import ClientFacingError
 from gateway.semantic_cache import CacheHit, CacheMiss, NotCacheable
 from gateway.streams import replay_chat_stream, replay_text_stream
-from gateway.wire import CompletionRequest
+from gateway.wire import CompletionRequest, replay_completion
 
 
 def error_response(error: ClientFacingError, headers: Mapping[str, str] | None = None) -> JSONResponse:
@@ -61,3 +61,9 @@ def stored_response(request: CompletionRequest, answer: Mapping[str, Any], heade
     replay = replay_chat_stream if request.endpoint == "chat" else replay_text_stream
     events = replay(answer, include_usage=request.include_usage)
     return StreamingResponse(_events(events), media_type="text/event-stream", headers=dict(headers))
+
+
+def coalesced_response(request: CompletionRequest, shared: Mapping[str, Any], *, now: float) -> Response:
+    """The answer an identical request in flight got, served to one that waited for it."""
+    headers = {"x-semcache": Outcome.EXACT, "x-semcache-reason": "coalesced"}
+    return stored_response(request, replay_completion(shared, endpoint=request.endpoint, now=now), headers)

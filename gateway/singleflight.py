@@ -44,6 +44,11 @@ class SingleFlight:
         self._flights[key] = flight
         return flight
 
+    async def join(self, key: str, *, timeout_s: float) -> Answer | None:
+        """The answer of the identical request in flight, if one is and it answers within
+        `timeout_s`; None: go upstream yourself (`begin` a flight)."""
+        return await self.wait(key, timeout_s=timeout_s) if self.in_flight(key) else None
+
     async def wait(self, key: str, *, timeout_s: float) -> Answer | None:
         """The answer of the flight in progress for `key`; None if there is none, it failed, or it
         took longer than `timeout_s` (the caller then goes upstream itself)."""
