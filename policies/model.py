@@ -299,6 +299,11 @@ def load_policy(path: str | Path) -> Policy:
         raise PolicyError(str(path), [f"not valid YAML: {exc}"]) from exc
     policy = parse_policy(data, source=str(path))
     model = policy.embedding_model
-    if model is not None and not Path(model).is_absolute() and (Path(path).parent / model).is_dir():
-        policy = replace(policy, embedding_model=str((Path(path).parent / model).resolve()))
+    if model is None or model.startswith("packaged:"):
+        return policy
+    folder = Path(path).parent / model  # an absolute `model` stays itself
+    if folder.is_dir():
+        return replace(policy, embedding_model=str(folder.resolve()))
+    if Path(model).is_absolute() or model.startswith(("./", "../")):  # a path, not a hub name
+        raise PolicyError(str(path), [f"embedding_model: no model folder at {folder}"])
     return policy

@@ -568,3 +568,7 @@ def test_a_local_embedding_model_is_relative_to_the_policy_file(tmp_path: Path) 
     assert load_policy(local).embedding_model == str((tmp_path / "models" / "tuned").resolve())
     assert load_policy(hub).embedding_model == "sentence-transformers/all-mpnet-base-v2"
     assert load_policy(EXAMPLES / "general_assistant.yaml").embedding_model is None
+    missing = tmp_path / "missing.yaml"
+    missing.write_text("embedding_model: ./models/gone\ncategories:\n  - name: default\n")
+    with pytest.raises(PolicyError, match="embedding_model: no model folder"):
+        load_policy(missing)
