@@ -17,6 +17,7 @@ from embeddings import Embedder
 from gateway import CacheHit, CacheMiss, GatewayConfig, InvalidRequest, SemanticCache
 from gateway.config import AdminConfig, FeedbackConfig, key_digest
 from gateway.feedback import AlreadyRated, HitNotFound
+from tests.bodies import answer, chat
 from tests.conftest import Gateway, GatewayFactory, Upstream
 from tests.doubles import BrokenStore, FakeClock
 
@@ -286,21 +287,6 @@ class AcceptingVerifier:
 
     def accepts(self, *, query: str, candidate: str, similarity: float) -> bool:
         return True
-
-
-def chat(prompt: str) -> dict[str, Any]:
-    return {"model": "sim-large", "messages": [{"role": "user", "content": prompt}]}
-
-
-def answer(text: str) -> dict[str, Any]:
-    return {
-        "id": "chatcmpl-original",
-        "object": "chat.completion",
-        "created": 1,
-        "model": "sim-large",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 8, "completion_tokens": 3, "total_tokens": 11},
-    }
 
 
 async def paraphrase_hit_in(cache: SemanticCache) -> CacheHit:

@@ -12,26 +12,12 @@ import gateway
 from embeddings import Embedder
 from gateway import CacheControl, CacheHit, CacheMiss, GatewayConfig, InvalidRequest, NotCacheable, SemanticCache
 from gateway.config import CacheConfig, StoreConfig
+from tests.bodies import answer, chat
 from tests.doubles import FakeClock
 
 QUESTION = "How do I reverse a list in Python?"
 PARAPHRASE = "python: reverse a list"
 UNRELATED = "What is the boiling point of water at sea level?"
-
-
-def chat(prompt: str, **params: Any) -> dict[str, Any]:
-    return {"model": "sim-large", "messages": [{"role": "user", "content": prompt}], **params}
-
-
-def answer(text: str, *, finish_reason: str | None = "stop") -> dict[str, Any]:
-    return {
-        "id": "chatcmpl-original",
-        "object": "chat.completion",
-        "created": 1,
-        "model": "sim-large",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason}],
-        "usage": {"prompt_tokens": 8, "completion_tokens": 3, "total_tokens": 11},
-    }
 
 
 @pytest.fixture

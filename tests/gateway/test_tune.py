@@ -7,7 +7,6 @@ import json
 import os
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -19,6 +18,7 @@ from gateway.config import GatewayConfig
 from gateway.semantic_cache import CacheHit, CacheMiss, SemanticCache
 from gateway.tune import TUNE_RECORD, TuneSettings, tune_embedder
 from policies import PolicyError
+from tests.bodies import answer, chat
 from tests.conftest import GatewayFactory
 
 # Pairs a general model scores as near-duplicates although a cache must not reuse one's answer for
@@ -157,17 +157,3 @@ def test_a_policy_can_point_at_the_tuned_model(tuned: Path, tmp_path: Path, gate
             assert cache.engine.policy.category("default").similarity_threshold == 0.5
 
     asyncio.run(scenario())
-
-
-def chat(prompt: str) -> dict[str, Any]:
-    return {"model": "sim-large", "messages": [{"role": "user", "content": prompt}]}
-
-
-def answer(text: str) -> dict[str, Any]:
-    return {
-        "id": "chatcmpl-tuned",
-        "object": "chat.completion",
-        "created": 1,
-        "model": "sim-large",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-    }
