@@ -1,5 +1,4 @@
-"""Operator endpoints behind the admin key (policy reload, cache statistics), and the feedback
-endpoint, which callers use with their own key."""
+"""Operator endpoints behind the admin key (policy reload, cache statistics), and reload on SIGHUP."""
 
 from __future__ import annotations
 
@@ -15,11 +14,8 @@ from starlette.responses import JSONResponse, Response
 
 from gateway.config import AdminConfig
 from gateway.errors import ClientFacingError, RouteNotFound
-from gateway.feedback import parse_feedback
-from gateway.proxy import read_body
 from gateway.responses import bearer_key, error_response
 from gateway.semantic_cache import SemanticCache
-from gateway.wire import parse_json
 from policies import PolicyError
 
 logger = logging.getLogger("semcache.admin")
@@ -79,20 +75,6 @@ async def stats(request: Request, cache: SemanticCache) -> Response:
         for category in engine.policy.categories
     }
     return JSONResponse({"categories": categories})
-
-
-async def feedback(request: Request, cache: SemanticCache) -> Response:
-    """POST /v1/feedback: `{"id": "<response id>" | "entry": "<x-semcache-entry>", "rating":
-    "good" | "bad"}`, with the caller's own API key (only hits served to its tenant can be rated)."""
-    try:
-        data = parse_json(await read_body(request, limit=cache.config.server.max_body_bytes))
-        rated = parse_feedback(data)
-        result = await cache.feedback(
-            rating=rated.rating, response_id=rated.response_id, entry_id=rated.entry_id, api_key=bearer_key(request)
-        )
-    except ClientFacingError as error:
-        return error_response(error)
-    return JSONResponse(result.body())
 
 
 def reload_on_sighup(cache: SemanticCache) -> Callable[[], None]:

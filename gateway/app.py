@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from embeddings import Embedder
-from gateway.admin import feedback, reload_on_sighup, reload_policy, stats
+from gateway.admin import reload_on_sighup, reload_policy, stats
 from gateway.config import GatewayConfig
 from gateway.engine import Clock
 from gateway.errors import ClientFacingError, MethodNotAllowed, ServiceUnavailable
@@ -125,7 +125,7 @@ def create_app(
         return await reload_policy(request, runtime.require().cache)
 
     async def rate_hit(request: Request) -> Response:
-        return await feedback(request, runtime.require().cache)
+        return await runtime.require().feedback(request)
 
     async def admin_stats(request: Request) -> Response:
         return await stats(request, runtime.require().cache)

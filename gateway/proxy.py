@@ -21,6 +21,7 @@ from gateway.errors import (
     RouteNotFound,
     UpstreamError,
 )
+from gateway.feedback import parse_feedback
 from gateway.metrics import Metrics
 from gateway.passthrough import Passthrough
 from gateway.responses import bearer_key, coalesced_response, error_response, lookup_headers, stored_response
@@ -213,6 +214,19 @@ class Proxy:
             if isinstance(error, UpstreamError):
                 self.metrics.upstream_errors.labels(status=str(error.status_code)).inc()
             return error_response(error, headers)
+
+    async def feedback(self, request: Request) -> Response:
+        """POST /v1/feedback: `{"id": "<response id>" | "entry": "<x-semcache-entry>", "rating":
+        "good" | "bad"}`, with the caller's own API key (only hits served to its tenant can be rated)."""
+        try:
+            data = parse_json(await read_body(request, limit=self.config.server.max_body_bytes))
+            rated = parse_feedback(data)
+            result = await self.cache.feedback(
+                rating=rated.rating, response_id=rated.response_id, entry_id=rated.entry_id, api_key=bearer_key(request)
+            )
+        except ClientFacingError as error:
+            return error_response(error)
+        return JSONResponse(result.body())
 
     async def models(self, request: Request) -> Response:
         if not self.config.upstream.models:
