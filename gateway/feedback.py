@@ -15,7 +15,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from gateway.errors import ClientFacingError, InvalidRequest
 from policies import Category
@@ -81,9 +81,21 @@ class ServedHits:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FeedbackRequest:
+    """A rating, checked once here for the HTTP body and the library call alike."""
+
     rating: RatingValue
     response_id: str | None
     entry_id: str | None
+
+    def __post_init__(self) -> None:
+        if self.rating not in _RATINGS:
+            raise InvalidRequest(f"'rating' must be 'good' or 'bad', got {self.rating!r}", param="rating")
+        if self.response_id is None and self.entry_id is None:
+            raise InvalidRequest(
+                "name the hit: 'id' (the id of the response served from the cache) or 'entry' (its "
+                "x-semcache-entry header)",
+                param="id",
+            )
 
 
 def _identifier(data: Mapping[str, Any], name: str) -> str | None:
@@ -108,17 +120,11 @@ def parse_feedback(data: Any) -> FeedbackRequest:
                 param=str(name),
                 code="unknown_parameter",
             )
-    rating = data.get("rating")
-    if rating not in _RATINGS:
-        raise InvalidRequest(f"'rating' must be 'good' or 'bad', got {rating!r}", param="rating")
-    response_id, entry_id = _identifier(data, "id"), _identifier(data, "entry")
-    if response_id is None and entry_id is None:
-        raise InvalidRequest(
-            "name the hit: 'id' (the id of the response served from the cache) or 'entry' (its "
-            "x-semcache-entry header)",
-            param="id",
-        )
-    return FeedbackRequest(rating=rating, response_id=response_id, entry_id=entry_id)
+    return FeedbackRequest(
+        rating=cast(RatingValue, data.get("rating")),  # whatever it is: FeedbackRequest checks it
+        response_id=_identifier(data, "id"),
+        entry_id=_identifier(data, "entry"),
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

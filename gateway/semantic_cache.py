@@ -31,6 +31,7 @@ from gateway.engine import ActivePolicy, CacheEngine, Clock, Hit, LookupSettings
 from gateway.errors import ConfigError, InvalidRequest, ServiceUnavailable
 from gateway.feedback import (
     AlreadyRated,
+    FeedbackRequest,
     FeedbackResult,
     HitNotFound,
     RatingValue,
@@ -394,10 +395,7 @@ class SemanticCache:
         Raises `HitNotFound` (404) when no such hit was served to the caller's tenant and it owns
         no such entry, `AlreadyRated` (409), `InvalidRequest` (400) when `response_id` and
         `entry_id` name different hits, and `ServiceUnavailable` (503) when the store fails."""
-        if rating not in ("good", "bad"):
-            raise InvalidRequest(f"rating must be 'good' or 'bad', got {rating!r}", param="rating")
-        if response_id is None and entry_id is None:
-            raise InvalidRequest("name the hit by its response id or its entry", param="id")
+        FeedbackRequest(rating=rating, response_id=response_id, entry_id=entry_id)  # raises InvalidRequest
         engine = self.engine
         tenant = tenant_for(api_key, self.config.tenant_by_key_sha256)
         hit = None
