@@ -16,6 +16,7 @@ from enum import StrEnum
 from typing import Any
 
 from embeddings import EmbedderError, EmbeddingBatcher, Vector
+from gateway.config import FeedbackConfig
 from gateway.errors import InvalidRequest
 from gateway.feedback import FeedbackResult, RatingValue, Thresholds, state_document, state_from_document
 from gateway.index import IndexItem, VectorIndex
@@ -23,7 +24,7 @@ from gateway.metrics import Metrics
 from gateway.scope import CacheKey
 from gateway.stores import CacheEntry, Store
 from policies import Category, CategoryClassifier, Classification, Policy
-from policies.feedback import ControllerSettings, Rating
+from policies.feedback import Rating
 from policies.verifier import Verifier
 
 logger = logging.getLogger("semcache.engine")
@@ -111,7 +112,7 @@ class CacheEngine:
         self._metrics = metrics
         self._clock = clock
         self._verifier = verifier
-        self._thresholds = thresholds or Thresholds(ControllerSettings(), target_error_rate=0.05)
+        self._thresholds = thresholds or Thresholds.from_config(FeedbackConfig())
         self._indexes = {name: VectorIndex(batcher.embedder.dimension) for name in policy.policy.names}
 
     @property

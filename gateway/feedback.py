@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
+from gateway.config import FeedbackConfig
 from gateway.errors import ClientFacingError, InvalidRequest
 from policies import Category
 from policies.feedback import ControllerSettings, Rating, ThresholdState, rate
@@ -191,6 +192,13 @@ class Thresholds:
         # `rate` runs on worker threads (it sorts up to a window of ratings): one at a time, so
         # that no rating is lost; readers see one immutable state or the next.
         self._rating = threading.Lock()
+
+    @classmethod
+    def from_config(cls, feedback: FeedbackConfig) -> Thresholds:
+        settings = ControllerSettings(
+            confidence=feedback.confidence, relax_step=feedback.relax_step, window=feedback.window
+        )
+        return cls(settings, target_error_rate=feedback.target_error_rate)
 
     def bounds(self, category: Category, floor: float) -> Bounds:
         ceiling = category.feedback.max_threshold

@@ -52,7 +52,6 @@ from gateway.wire import (
     replay_completion,
 )
 from policies import DEFAULT, CategoryClassifier, Policy, PolicyError, load_policy, parse_policy
-from policies.feedback import ControllerSettings
 from policies.verifier import LogisticVerifier, Verifier, VerifierError
 
 logger = logging.getLogger("semcache.cache")
@@ -234,11 +233,7 @@ class SemanticCache:
                 self._verifier = LogisticVerifier.from_json(text)
             except (OSError, VerifierError) as exc:
                 raise ConfigError(config.verifier, [f"verifier: {exc}"]) from exc
-        feedback = config.feedback
-        thresholds = Thresholds(
-            ControllerSettings(confidence=feedback.confidence, relax_step=feedback.relax_step, window=feedback.window),
-            target_error_rate=feedback.target_error_rate,
-        )
+        thresholds = Thresholds.from_config(config.feedback)
         engine = CacheEngine(
             store=store,
             batcher=batcher,
