@@ -41,7 +41,7 @@ in both). On the tune half, for each target precision:
   global          one threshold, calibrated on every tune pair of a cacheable category, written
                   into every cacheable category. Pairs of non-cacheable categories are left out
                   because no policy ever serves them.
-  category-aware  each cacheable category's own threshold, from gateway.calibrate.calibrate (what
+  category-aware  each cacheable category's own threshold, from gateway.tools.calibrate.calibrate (what
                   `semcache calibrate` does). A category with fewer than `--min-category-pairs`
                   tune pairs takes the global threshold instead, marked "fallback".
   category-aware, else global
@@ -106,9 +106,9 @@ from bench.quality import (  # noqa: E402
 )
 from embeddings import EmbeddingBatcher, SentenceTransformerEmbedder  # noqa: E402
 from embeddings.batcher import BatcherConfig  # noqa: E402
-from gateway.calibrate import LabelledPair, calibrate  # noqa: E402
-from gateway.engine import ActivePolicy  # noqa: E402
+from gateway.cache.engine import ActivePolicy  # noqa: E402
 from gateway.stores import SqliteStore  # noqa: E402
+from gateway.tools.calibrate import LabelledPair, calibrate  # noqa: E402
 from policies import Bounds, CategoryClassifier, Policy, load_policy  # noqa: E402
 from policies.calibration import CalibrationResult, calibrate_threshold  # noqa: E402
 

@@ -342,7 +342,7 @@ async def hits_and_floor(
 ) -> tuple[Series, Series, Series, Series]:
     """(c), (d), (e) and the HTTP floor (f), interleaved. The floor's index holds the same originals
     as the hit scope."""
-    from gateway.index import IndexItem, VectorIndex
+    from gateway.cache.index import IndexItem, VectorIndex
 
     index = VectorIndex(embedder.dimension)
     try:

@@ -7,7 +7,7 @@ Data: ../shared/data/multiturn/followups_dev.jsonl (MeanCache's context-dependen
 main_query, main_response, follow_up, follow_up_response; third-party): read by path, never copied
 here. Without it the benchmark says so and exits 0. Identical rows are one conversation.
 
-Through the real lookup path — the gateway's scope keys (`gateway.scope.cache_key` of OpenAI chat
+Through the real lookup path — the gateway's scope keys (`gateway.cache.scope.cache_key` of OpenAI chat
 requests), `CacheEngine.lookup` / `remember`, a real SqliteStore in a temporary folder, the
 engine's hnswlib index, an EmbeddingBatcher over the real model (each text embedded once per run and
 served from memory) — at each threshold:
@@ -49,9 +49,9 @@ sys.path.insert(0, str(ROOT))
 from bench.quality import MemoEmbedder  # noqa: E402
 from embeddings import Embedder, EmbeddingBatcher, SentenceTransformerEmbedder  # noqa: E402
 from embeddings.batcher import BatcherConfig  # noqa: E402
-from gateway.engine import ActivePolicy, CacheEngine, Hit, LookupSettings, Miss  # noqa: E402
+from gateway.cache.engine import ActivePolicy, CacheEngine, Hit, LookupSettings, Miss  # noqa: E402
+from gateway.cache.scope import CacheKey, cache_key  # noqa: E402
 from gateway.metrics import Metrics  # noqa: E402
-from gateway.scope import CacheKey, cache_key  # noqa: E402
 from gateway.stores import SqliteStore  # noqa: E402
 from gateway.wire import parse_chat_request  # noqa: E402
 from policies import CategoryClassifier, parse_policy  # noqa: E402
@@ -322,7 +322,7 @@ def report(results: Sequence[Result], rows: int, args: argparse.Namespace, secon
         "",
         f"`../shared/data/multiturn/followups_dev.jsonl`: {rows} rows, {first.conversations} distinct "
         "conversations (identical rows are one). Through the real lookup path (scope keys from "
-        "`gateway.scope.cache_key`, `CacheEngine`, SQLite store, hnswlib index, the real embedder); "
+        "`gateway.cache.scope.cache_key`, `CacheEngine`, SQLite store, hnswlib index, the real embedder); "
         "see the module's docstring. Scoped = the gateway's key (every earlier turn in the scope); "
         "naive = the same cache keyed on the last user message only.",
         "",

@@ -56,9 +56,9 @@ sys.path.insert(0, str(ROOT))
 
 from embeddings import EmbeddedText, Embedder, EmbeddingBatcher, SentenceTransformerEmbedder  # noqa: E402
 from embeddings.batcher import BatcherConfig  # noqa: E402
-from gateway.engine import ActivePolicy, CacheEngine, Hit, LookupSettings, Miss  # noqa: E402
+from gateway.cache.engine import ActivePolicy, CacheEngine, Hit, LookupSettings, Miss  # noqa: E402
+from gateway.cache.scope import CacheKey, normalize_prompt  # noqa: E402
 from gateway.metrics import Metrics  # noqa: E402
-from gateway.scope import CacheKey, normalize_prompt  # noqa: E402
 from gateway.stores import SqliteStore  # noqa: E402
 from policies import CategoryClassifier, parse_policy  # noqa: E402
 from policies.calibration import (  # noqa: E402
@@ -673,8 +673,8 @@ def tuned_embedder_section(  # noqa: PLR0917
 ) -> list[str]:
     """The whole pipeline again with the embedder fine-tuned on QQP tune (`semcache tune`): every
     threshold and the verifier recalibrated on the tuned model's similarities, the same test parts."""
-    from gateway.calibrate import LabelledPair
-    from gateway.tune import TuneSettings, tune_embedder
+    from gateway.tools.calibrate import LabelledPair
+    from gateway.tools.tune import TuneSettings, tune_embedder
 
     started = time.perf_counter()
     path = args.tuned_model

@@ -6,11 +6,11 @@ proxy plug in through `gateway.litellm_cache` (imported on its own, since it imp
 """
 
 from gateway.app import create_app
-from gateway.cache_control import CacheControl
+from gateway.cache.semantic_cache import CacheHit, CacheMiss, Lookup, NotCacheable, SemanticCache
 from gateway.config import GatewayConfig, load_config, parse_config, resolve_secrets
 from gateway.errors import ClientFacingError, ConfigError, GatewayError, InvalidRequest, UpstreamError
-from gateway.middleware import SemanticCacheMiddleware
-from gateway.semantic_cache import CacheHit, CacheMiss, Lookup, NotCacheable, SemanticCache
+from gateway.http.middleware import SemanticCacheMiddleware
+from gateway.wire.cache_control import CacheControl
 
 __all__ = [
     "CacheControl",

@@ -17,16 +17,16 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from embeddings import Embedder
-from gateway.admin import reload_on_sighup, reload_policy, stats
+from gateway.cache.engine import Clock
+from gateway.cache.semantic_cache import SemanticCache
+from gateway.cache.singleflight import SingleFlight
 from gateway.config import GatewayConfig
-from gateway.engine import Clock
 from gateway.errors import ClientFacingError, MethodNotAllowed, ServiceUnavailable
+from gateway.http.admin import reload_on_sighup, reload_policy, stats
+from gateway.http.passthrough import Passthrough
+from gateway.http.proxy import Proxy, not_found
+from gateway.http.responses import error_response
 from gateway.metrics import Metrics
-from gateway.passthrough import Passthrough
-from gateway.proxy import Proxy, not_found
-from gateway.responses import error_response
-from gateway.semantic_cache import SemanticCache
-from gateway.singleflight import SingleFlight
 from gateway.stores import Store
 from gateway.upstream import LiteLLMUpstream, Upstream
 from policies.verifier import Verifier

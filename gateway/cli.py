@@ -44,8 +44,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _calibrate(args: argparse.Namespace) -> int:
     from embeddings import SentenceTransformerEmbedder
-    from gateway.calibrate import calibrate, read_pairs, report
-    from gateway.semantic_cache import configured_policy, embedding_model
+    from gateway.cache.semantic_cache import configured_policy, embedding_model
+    from gateway.tools.calibrate import calibrate, read_pairs, report
 
     config = load_config(args.config)
     policy = configured_policy(config)
@@ -76,9 +76,9 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 def _tune(args: argparse.Namespace) -> int:
     from embeddings import PACKAGED_MODEL
-    from gateway.calibrate import read_pairs
-    from gateway.semantic_cache import configured_policy, embedding_model
-    from gateway.tune import TuneSettings, tune_embedder
+    from gateway.cache.semantic_cache import configured_policy, embedding_model
+    from gateway.tools.calibrate import read_pairs
+    from gateway.tools.tune import TuneSettings, tune_embedder
 
     base = args.base_model or PACKAGED_MODEL
     if args.base_model is None and args.config:

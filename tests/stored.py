@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from gateway.semantic_cache import SemanticCache
+from gateway.cache.semantic_cache import SemanticCache
 
 
 def stored(cache: SemanticCache) -> int:

@@ -16,9 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from embeddings import Embedder, EmbeddingBatcher
-from gateway.engine import ActivePolicy, CacheEngine, Hit, LookupSettings, Miss
+from gateway.cache.engine import ActivePolicy, CacheEngine, Hit, LookupSettings, Miss
+from gateway.cache.scope import CacheKey, normalize_prompt
 from gateway.metrics import Metrics
-from gateway.scope import CacheKey, normalize_prompt
 from gateway.stores import SqliteStore
 from policies import CategoryClassifier, parse_policy
 from policies.verifier import (

@@ -25,11 +25,8 @@ from typing import Any, Literal
 import numpy as np
 
 from embeddings import BatcherConfig, Embedder, EmbeddingBatcher, SentenceTransformerEmbedder
-from gateway.cache_control import CacheControl
-from gateway.config import GatewayConfig
-from gateway.engine import ActivePolicy, CacheEngine, Clock, Hit, LookupSettings, Miss
-from gateway.errors import ConfigError, InvalidRequest, ServiceUnavailable
-from gateway.feedback import (
+from gateway.cache.engine import ActivePolicy, CacheEngine, Clock, Hit, LookupSettings, Miss
+from gateway.cache.feedback import (
     AlreadyRated,
     FeedbackRequest,
     FeedbackResult,
@@ -39,10 +36,12 @@ from gateway.feedback import (
     ServedHits,
     Thresholds,
 )
+from gateway.cache.scope import CacheKey, cache_key, is_listed, tenant_for
+from gateway.cache.tasks import TaskTracker
+from gateway.config import GatewayConfig
+from gateway.errors import ConfigError, InvalidRequest, ServiceUnavailable
 from gateway.metrics import Metrics
-from gateway.scope import CacheKey, cache_key, is_listed, tenant_for
 from gateway.stores import CacheEntry, SqliteStore, Store
-from gateway.tasks import TaskTracker
 from gateway.wire import (
     CompletionRequest,
     Endpoint,
@@ -51,6 +50,7 @@ from gateway.wire import (
     parse_text_request,
     replay_completion,
 )
+from gateway.wire.cache_control import CacheControl
 from policies import DEFAULT, CategoryClassifier, Policy, PolicyError, load_policy, parse_policy
 from policies.verifier import LogisticVerifier, Verifier, VerifierError
 

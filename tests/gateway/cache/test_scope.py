@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from gateway.scope import CacheKey, Uncacheable, cache_key, normalize_prompt, tenant_for
+from gateway.cache.scope import CacheKey, Uncacheable, cache_key, normalize_prompt, tenant_for
 from gateway.wire import parse_chat_request, parse_text_request
 
 # Hypothesis' deadline and slow-generation check time the machine: speed lives in bench/, not here.

@@ -11,9 +11,11 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from gateway.cache_control import CacheControl, parse_cache_control
+from gateway.cache.engine import Clock, Outcome
+from gateway.cache.feedback import parse_feedback
+from gateway.cache.semantic_cache import CacheHit, NotCacheable, SemanticCache
+from gateway.cache.singleflight import SingleFlight
 from gateway.config import GatewayConfig
-from gateway.engine import Clock, Outcome
 from gateway.errors import (
     ClientFacingError,
     ModelNotFound,
@@ -21,13 +23,9 @@ from gateway.errors import (
     RouteNotFound,
     UpstreamError,
 )
-from gateway.feedback import parse_feedback
+from gateway.http.passthrough import Passthrough
+from gateway.http.responses import bearer_key, coalesced_response, error_response, lookup_headers, stored_response
 from gateway.metrics import Metrics
-from gateway.passthrough import Passthrough
-from gateway.responses import bearer_key, coalesced_response, error_response, lookup_headers, stored_response
-from gateway.semantic_cache import CacheHit, NotCacheable, SemanticCache
-from gateway.singleflight import SingleFlight
-from gateway.streams import DONE, StreamRecorder
 from gateway.upstream import Upstream
 from gateway.wire import (
     CompletionRequest,
@@ -37,6 +35,8 @@ from gateway.wire import (
     parse_json,
     parse_text_request,
 )
+from gateway.wire.cache_control import CacheControl, parse_cache_control
+from gateway.wire.streams import DONE, StreamRecorder
 
 logger = logging.getLogger("semcache.proxy")
 

@@ -9,11 +9,11 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from gateway.engine import Outcome
+from gateway.cache.engine import Outcome
+from gateway.cache.semantic_cache import CacheHit, CacheMiss, NotCacheable
 from gateway.errors import ClientFacingError
-from gateway.semantic_cache import CacheHit, CacheMiss, NotCacheable
-from gateway.streams import replay_chat_stream, replay_text_stream
 from gateway.wire import CompletionRequest, replay_completion
+from gateway.wire.streams import replay_chat_stream, replay_text_stream
 
 
 def error_response(error: ClientFacingError, headers: Mapping[str, str] | None = None) -> JSONResponse:

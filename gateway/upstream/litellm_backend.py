@@ -1,29 +1,16 @@
-"""The upstream seam: where misses go. The default backend speaks to any provider through litellm."""
+"""The default upstream backend: any provider, through litellm."""
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import AsyncIterator, Mapping
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import AsyncIterator
+from typing import Any
 
 from gateway.config import UpstreamConfig
 from gateway.errors import UpstreamError
+from gateway.upstream.base import Chunk
 from gateway.wire import CompletionRequest
-
-Chunk = Mapping[str, Any]
-
-
-@runtime_checkable
-class Upstream(Protocol):
-    async def complete(self, request: CompletionRequest, *, api_key: str | None) -> dict[str, Any]:
-        """A non-streaming completion as an OpenAI response body, or raise `UpstreamError`."""
-        ...
-
-    async def stream(self, request: CompletionRequest, *, api_key: str | None) -> AsyncIterator[Chunk]:
-        """Open a streaming completion, raising `UpstreamError` if it is refused, and return its
-        chunks; a stream that fails part-way raises `UpstreamError` from the iterator."""
-        ...
 
 
 def import_litellm() -> Any:

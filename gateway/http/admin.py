@@ -12,10 +12,10 @@ from collections.abc import Callable
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from gateway.cache.semantic_cache import SemanticCache
 from gateway.config import AdminConfig
 from gateway.errors import ClientFacingError, RouteNotFound
-from gateway.responses import bearer_key, error_response
-from gateway.semantic_cache import SemanticCache
+from gateway.http.responses import bearer_key, error_response
 from policies import PolicyError
 
 logger = logging.getLogger("semcache.admin")

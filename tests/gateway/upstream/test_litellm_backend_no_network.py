@@ -24,7 +24,7 @@ from gateway.errors import UpstreamError
 from gateway.upstream import translate_error
 from tests.servers import free_port, serve
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 PROMPT = "How do I reverse a list in Python?"
 
 # argv[1]: the simulated upstream's URL; argv[2]: JSON list of scenarios {name, faults, timeout_s, api_base?}.

@@ -16,12 +16,12 @@ from enum import StrEnum
 from typing import Any
 
 from embeddings import EmbedderError, EmbeddingBatcher, Vector
+from gateway.cache.feedback import FeedbackResult, RatingValue, Thresholds, state_document, state_from_document
+from gateway.cache.index import IndexItem, VectorIndex
+from gateway.cache.scope import CacheKey
 from gateway.config import FeedbackConfig
 from gateway.errors import InvalidRequest
-from gateway.feedback import FeedbackResult, RatingValue, Thresholds, state_document, state_from_document
-from gateway.index import IndexItem, VectorIndex
 from gateway.metrics import Metrics
-from gateway.scope import CacheKey
 from gateway.stores import CacheEntry, Store
 from policies import Category, CategoryClassifier, Classification, Policy
 from policies.feedback import Rating

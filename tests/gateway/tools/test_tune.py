@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from embeddings import PACKAGED_MODEL, Embedder, SentenceTransformerEmbedder
-from gateway.calibrate import LabelledPair
+from gateway.cache.semantic_cache import CacheHit, CacheMiss, SemanticCache
 from gateway.cli import main
 from gateway.config import GatewayConfig
-from gateway.semantic_cache import CacheHit, CacheMiss, SemanticCache
-from gateway.tune import TUNE_RECORD, TuneSettings, tune_embedder
+from gateway.tools.calibrate import LabelledPair
+from gateway.tools.tune import TUNE_RECORD, TuneSettings, tune_embedder
 from policies import PolicyError
 from tests.bodies import answer, chat
 from tests.conftest import GatewayFactory

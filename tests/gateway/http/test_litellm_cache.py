@@ -12,9 +12,9 @@ import openai
 import pytest
 
 from embeddings import Embedder
+from gateway.cache.semantic_cache import SemanticCache
 from gateway.config import CacheConfig, GatewayConfig, StoreConfig
 from gateway.litellm_cache import LiteLLMSemanticCache, SemanticCacheHeaders
-from gateway.semantic_cache import SemanticCache
 from gateway.upstream import import_litellm
 from tests.conftest import Upstream
 from tests.stored import stored, until_stored

@@ -37,16 +37,16 @@ from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.cache_control import CacheControl, parse_cache_control
+from gateway.cache.engine import Outcome
+from gateway.cache.lifetime import CacheLifetime
+from gateway.cache.semantic_cache import CacheHit, CacheMiss, NotCacheable, SemanticCache
+from gateway.cache.singleflight import Flight, SingleFlight
 from gateway.config import GatewayConfig
-from gateway.engine import Outcome
 from gateway.errors import ClientFacingError, InvalidRequest
-from gateway.lifetime import CacheLifetime
-from gateway.responses import bearer_key, coalesced_response, error_response, lookup_headers, stored_response
-from gateway.semantic_cache import CacheHit, CacheMiss, NotCacheable, SemanticCache
-from gateway.singleflight import Flight, SingleFlight
-from gateway.streams import StreamRecorder
+from gateway.http.responses import bearer_key, coalesced_response, error_response, lookup_headers, stored_response
 from gateway.wire import CompletionRequest, Endpoint, parse_json
+from gateway.wire.cache_control import CacheControl, parse_cache_control
+from gateway.wire.streams import StreamRecorder
 
 logger = logging.getLogger("semcache.middleware")
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from embeddings.sentence_transformer import resolve_model_path
-from gateway.calibrate import LabelledPair
+from gateway.tools.calibrate import LabelledPair
 
 Progress = Callable[[str], None]
 TUNE_RECORD = "semcache-tune.json"

@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from gateway.streams import decode_sse
+from gateway.wire.streams import decode_sse
 from tests.conftest import Gateway, Upstream
 
 QUESTION = "How do I reverse a list in Python?"

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from embeddings import Embedder
-from gateway.calibrate import LabelledPair, calibrate, read_pairs, report
+from gateway.tools.calibrate import LabelledPair, calibrate, read_pairs, report
 from policies import parse_policy
 
 SUBJECTS = ["Python lists", "the French revolution", "sourdough bread", "black holes", "tax returns",
@@ -62,9 +62,9 @@ def test_a_calibrated_verifier_is_loaded_from_the_config(tmp_path: Path, real_em
 
     import pytest
 
+    from gateway.cache.semantic_cache import SemanticCache
     from gateway.config import CacheConfig, GatewayConfig, StoreConfig
     from gateway.errors import ConfigError
-    from gateway.semantic_cache import SemanticCache
     from policies.verifier import LogisticVerifier, fit_verifier, pair_features
 
     same = [("How do I reverse a list in Python?", "python: reverse a list", 0.98, 1),

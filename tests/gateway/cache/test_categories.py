@@ -206,7 +206,7 @@ def test_example_config_and_policies_run_in_the_gateway(
 ) -> None:
     from gateway.config import load_config
 
-    example = load_config(Path(__file__).resolve().parents[2] / "config.example.yaml")
+    example = load_config(Path(__file__).resolve().parents[3] / "config.example.yaml")
     assert example.policy is not None
     config = replace(gateway_config, policy=example.policy)
     with start_gateway(config=config) as gateway:

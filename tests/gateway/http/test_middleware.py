@@ -28,10 +28,10 @@ from starlette.types import Receive, Scope, Send
 
 from embeddings import Embedder
 from examples.simulated_upstream import UpstreamState, create_upstream_app
+from gateway.cache.semantic_cache import SemanticCache
 from gateway.config import CacheConfig, GatewayConfig, StoreConfig
-from gateway.middleware import SemanticCacheMiddleware
-from gateway.semantic_cache import SemanticCache
-from gateway.streams import decode_sse
+from gateway.http.middleware import SemanticCacheMiddleware
+from gateway.wire.streams import decode_sse
 from tests.servers import serve
 from tests.stored import stored, until_stored, wait_until_stored
 

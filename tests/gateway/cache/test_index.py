@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from embeddings import Vector
-from gateway.index import _EXACT_SEARCH_MAX, IndexItem, VectorIndex, similarity_from_distance
+from gateway.cache.index import _EXACT_SEARCH_MAX, IndexItem, VectorIndex, similarity_from_distance
 
 pytestmark = pytest.mark.anyio
 

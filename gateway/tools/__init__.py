@@ -1,0 +1,1 @@
+"""Offline jobs run from the CLI: `semcache calibrate` and `semcache tune`."""
