@@ -1,5 +1,26 @@
-"""The gateway's exceptions: client-facing errors carry an OpenAI error body; cache errors never
-reach a client (the engine turns them into a miss and counts them)."""
+"""The gateway's exceptions, all of them. Client-facing errors carry an OpenAI error body; cache
+errors never reach a client (the engine turns them into a miss and counts them).
+
+    GatewayError
+    ├── ClientFacingError             (status, OpenAI error.type, message, param, code)
+    │   ├── InvalidRequest            400
+    │   │   └── ThresholdTooLoose     400  a per-request threshold looser than the category's
+    │   ├── Unauthorized              401
+    │   ├── RouteNotFound             404
+    │   ├── ModelNotFound             404
+    │   ├── HitNotFound               404  feedback for a hit not served to this caller
+    │   ├── MethodNotAllowed          405
+    │   ├── AlreadyRated              409
+    │   ├── PayloadTooLarge           413
+    │   ├── ServiceUnavailable        503
+    │   └── UpstreamError             the upstream's own status (429 stays 429)
+    ├── CacheError                    never shown to a client: the request fails open
+    │   └── StoreError
+    ├── ConfigError                   every problem of a config file, each with its YAML path
+    └── LiteLLMDependencyMissing      LiteLLM's cache-hit path cannot be imported
+
+`policies.errors` and `embeddings.errors` hold those packages' own trees.
+"""
 
 from __future__ import annotations
 
@@ -35,6 +56,23 @@ class ClientFacingError(GatewayError):
 
 class InvalidRequest(ClientFacingError):
     status_code = 400
+
+
+class ThresholdTooLoose(InvalidRequest):
+    pass
+
+
+class Unauthorized(ClientFacingError):
+    status_code = 401
+    error_type = "authentication_error"
+
+
+class HitNotFound(ClientFacingError):
+    status_code = 404
+
+
+class AlreadyRated(ClientFacingError):
+    status_code = 409
 
 
 class PayloadTooLarge(ClientFacingError):
@@ -89,3 +127,7 @@ class ConfigError(GatewayError):
         super().__init__(f"{source}: " + "; ".join(problems))
         self.source = source
         self.problems = problems
+
+
+class LiteLLMDependencyMissing(GatewayError):
+    """LiteLLM's cache-hit path cannot be imported: a dependency of its proxy extra is missing."""

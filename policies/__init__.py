@@ -2,7 +2,7 @@
 `gateway` or does I/O beyond reading one YAML file."""
 
 from policies.classifier import CategoryClassifier, Classification, Classifier, Via
-from policies.errors import PolicyError
+from policies.errors import Invalid, PolicyError
 from policies.model import (
     DEFAULT,
     Bounds,
@@ -16,7 +16,7 @@ from policies.model import (
     load_policy,
     parse_policy,
 )
-from policies.schema import Invalid, build, check, check_each, in_range, positive
+from policies.schema import build, check, check_each, in_range, positive
 from policies.verifier import Verifier
 
 __all__ = [

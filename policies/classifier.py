@@ -21,14 +21,14 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
+from embeddings.protocol import Vector
 from policies.model import DEFAULT, Policy
 
-Vector = npt.NDArray[np.floating[Any]]
 _F32 = npt.NDArray[np.float32]
 Via = Literal["keyword", "pattern", "embedding", "default"]
 

@@ -20,8 +20,10 @@ import dataclasses
 import difflib
 import types
 import typing
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+
+from policies.errors import Invalid
 
 T = TypeVar("T")
 
@@ -31,14 +33,6 @@ Check = Callable[[Any], str | None]
 
 Rules = Callable[[Mapping[str, Any]], Iterable[tuple[str, str]]]
 """A dataclass's `schema_rules`: cleanly converted field values in, `(relative path, reason)` out."""
-
-
-class Invalid(ValueError):
-    """Problems found by a dataclass itself, each at a path relative to it (`""`: the object)."""
-
-    def __init__(self, problems: Sequence[tuple[str, str]]) -> None:
-        super().__init__("; ".join(f"{where}: {reason}" if where else reason for where, reason in problems))
-        self.problems = list(problems)
 
 
 def check(fn: Check) -> dict[str, Check]:

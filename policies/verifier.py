@@ -28,6 +28,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
+from policies.errors import VerifierError
+
 FORMAT_VERSION = 1
 Features = npt.NDArray[np.float64]
 
@@ -41,10 +43,6 @@ class Verifier(Protocol):
     def floor(self) -> float: ...
 
     def accepts(self, *, query: str, candidate: str, similarity: float) -> bool: ...
-
-
-class VerifierError(ValueError):
-    """A stored verifier is unreadable or was fitted on another feature set."""
 
 
 # --- text checks -------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from gateway.cache.feedback import FeedbackResult, RatingValue, Thresholds, stat
 from gateway.cache.index import IndexItem, VectorIndex
 from gateway.cache.scope import CacheKey
 from gateway.config import FeedbackConfig
-from gateway.errors import InvalidRequest
+from gateway.errors import ThresholdTooLoose
 from gateway.metrics import Metrics
 from gateway.stores import CacheEntry, Store
 from policies import Category, CategoryClassifier, Classification, Policy
@@ -86,10 +86,6 @@ class Miss:
 
 
 Decision = Hit | Miss
-
-
-class ThresholdTooLoose(InvalidRequest):
-    pass
 
 
 class CacheEngine:

@@ -18,24 +18,15 @@ from dataclasses import dataclass
 from typing import Any, Literal, cast
 
 from gateway.config import FeedbackConfig
-from gateway.errors import ClientFacingError, InvalidRequest
+from gateway.errors import InvalidRequest
+from gateway.stores import FORMAT_VERSION
 from policies import Category
 from policies.feedback import ControllerSettings, Rating, ThresholdState, rate
-
-FORMAT_VERSION = 1
 
 RatingValue = Literal["good", "bad"]
 _RATINGS: tuple[RatingValue, ...] = ("good", "bad")
 _FIELDS = ("id", "entry", "rating")
 _MAX_ID_CHARS = 256
-
-
-class HitNotFound(ClientFacingError):
-    status_code = 404
-
-
-class AlreadyRated(ClientFacingError):
-    status_code = 409
 
 
 @dataclass(slots=True, kw_only=True)
@@ -173,7 +164,7 @@ def state_from_document(document: Mapping[str, Any]) -> ThresholdState:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Bounds:
+class FeedbackBounds:
     """Where a category's online threshold may move: from `floor` (the configured threshold, or
     the verifier's floor when one decides) up to `ceiling`, to hold `target_error_rate`."""
 
@@ -200,10 +191,10 @@ class Thresholds:
         )
         return cls(settings, target_error_rate=feedback.target_error_rate)
 
-    def bounds(self, category: Category, floor: float) -> Bounds:
+    def bounds(self, category: Category, floor: float) -> FeedbackBounds:
         ceiling = category.feedback.max_threshold
         target = category.feedback.target_error_rate
-        return Bounds(
+        return FeedbackBounds(
             floor=floor,
             ceiling=max(floor, 1.0 if ceiling is None else ceiling),
             target_error_rate=self.target_error_rate if target is None else target,

@@ -27,10 +27,8 @@ import numpy as np
 from embeddings import BatcherConfig, Embedder, EmbeddingBatcher, SentenceTransformerEmbedder
 from gateway.cache.engine import ActivePolicy, CacheEngine, Clock, Hit, LookupSettings, Miss
 from gateway.cache.feedback import (
-    AlreadyRated,
     FeedbackRequest,
     FeedbackResult,
-    HitNotFound,
     RatingValue,
     ServedHit,
     ServedHits,
@@ -39,7 +37,7 @@ from gateway.cache.feedback import (
 from gateway.cache.scope import CacheKey, cache_key, is_listed, tenant_for
 from gateway.cache.tasks import TaskTracker
 from gateway.config import GatewayConfig
-from gateway.errors import ConfigError, InvalidRequest, ServiceUnavailable
+from gateway.errors import AlreadyRated, ConfigError, HitNotFound, InvalidRequest, ServiceUnavailable
 from gateway.metrics import Metrics
 from gateway.stores import CacheEntry, SqliteStore, Store
 from gateway.wire import (
@@ -52,7 +50,8 @@ from gateway.wire import (
 )
 from gateway.wire.cache_control import CacheControl
 from policies import DEFAULT, CategoryClassifier, Policy, PolicyError, load_policy, parse_policy
-from policies.verifier import LogisticVerifier, Verifier, VerifierError
+from policies.errors import VerifierError
+from policies.verifier import LogisticVerifier, Verifier
 
 logger = logging.getLogger("semcache.cache")
 

@@ -14,16 +14,11 @@ from starlette.responses import JSONResponse, Response
 
 from gateway.cache.semantic_cache import SemanticCache
 from gateway.config import AdminConfig
-from gateway.errors import ClientFacingError, RouteNotFound
+from gateway.errors import ClientFacingError, RouteNotFound, Unauthorized
 from gateway.http.responses import bearer_key, error_response
 from policies import PolicyError
 
 logger = logging.getLogger("semcache.admin")
-
-
-class Unauthorized(ClientFacingError):
-    status_code = 401
-    error_type = "authentication_error"
 
 
 def _authorize(request: Request, admin: AdminConfig) -> None:

@@ -48,7 +48,7 @@ from typing import Any, Literal
 from gateway.cache.lifetime import CacheLifetime
 from gateway.cache.scope import CacheKey, cache_key, tenant_for
 from gateway.cache.semantic_cache import CacheHit, CacheMiss, SemanticCache
-from gateway.errors import GatewayError, InvalidRequest
+from gateway.errors import InvalidRequest, LiteLLMDependencyMissing
 from gateway.upstream import import_litellm
 from gateway.wire import CompletionRequest
 from gateway.wire.cache_control import CacheControl
@@ -72,10 +72,6 @@ CACHED_CALL_TYPES: tuple[CachingSupportedCallTypes, ...] = ("acompletion", "atex
 _HIT_PATH_MODULE = "litellm.llms.anthropic.messages.native.response_cache"
 # Litellm bookkeeping added to answers; not part of the OpenAI response.
 _NOT_STORED = frozenset({"provider_specific_fields", "_hidden_params", "_response_ms"})
-
-
-class LiteLLMDependencyMissing(GatewayError):
-    """LiteLLM's cache-hit path cannot be imported: a dependency of its proxy extra is missing."""
 
 
 class LiteLLMSemanticCache(BaseCache):

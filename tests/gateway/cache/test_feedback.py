@@ -15,8 +15,8 @@ import pytest
 
 from embeddings import Embedder
 from gateway import CacheHit, CacheMiss, GatewayConfig, InvalidRequest, SemanticCache
-from gateway.cache.feedback import AlreadyRated, HitNotFound
 from gateway.config import AdminConfig, FeedbackConfig, key_digest
+from gateway.errors import AlreadyRated, HitNotFound
 from tests.bodies import answer, chat
 from tests.conftest import Gateway, GatewayFactory, Upstream
 from tests.doubles import BrokenStore, FakeClock
