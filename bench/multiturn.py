@@ -49,11 +49,13 @@ sys.path.insert(0, str(ROOT))
 from bench.quality import MemoEmbedder  # noqa: E402
 from embeddings import Embedder, EmbeddingBatcher, SentenceTransformerEmbedder  # noqa: E402
 from embeddings.batcher import BatcherConfig  # noqa: E402
-from gateway.cache.engine import ActivePolicy, CacheEngine, Hit, LookupSettings, Miss  # noqa: E402
+from gateway.cache.decisions import Decision, Hit, Miss  # noqa: E402
+from gateway.cache.engine import ActivePolicy, CacheEngine, LookupSettings  # noqa: E402
 from gateway.cache.scope import CacheKey, cache_key  # noqa: E402
 from gateway.metrics import Metrics  # noqa: E402
 from gateway.stores import SqliteStore  # noqa: E402
 from gateway.wire import parse_chat_request  # noqa: E402
+from gateway.wire.cache_control import CacheControl  # noqa: E402
 from policies import CategoryClassifier, parse_policy  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "multiturn" / "followups_dev.jsonl"
@@ -132,10 +134,9 @@ async def store_answer(
     engine: CacheEngine, batcher: EmbeddingBatcher, key: CacheKey, messages: list[dict[str, str]], text: str
 ) -> str:
     """Remember `text` as the answer to `key` (as after a miss); returns the new entry's id."""
-    embedded = await batcher.embed(key.prompt)
-    miss = Miss(vector=embedded.vector, best_similarity=None, semantic=not embedded.truncated, category="default",
-                storable=True)  # fmt: skip
-    stored = await engine.remember(key, miss, request={"model": MODEL, "messages": messages}, response=answer(text))
+    miss = await look(engine, messages, control=CacheControl(lookup=False))
+    assert isinstance(miss, Miss) and miss.key == key
+    stored = await engine.remember(miss, response=answer(text))
     entry = await engine.store.get_exact(key.exact, now=NOW)
     assert stored and entry is not None, "an answer was not stored"
     return entry.entry_id
@@ -147,17 +148,24 @@ async def ask_then_store(
     """What the gateway does with a request: look it up; on a miss, store the answer. Returns the
     hit, or the new entry's id."""
     key = chat_key(messages)
-    decision = await engine.lookup(key)
+    decision = await look(engine, messages)
     if isinstance(decision, Hit):
         return decision, None
     return None, await store_answer(engine, batcher, key, messages, text)
 
 
-async def lookups(engine: CacheEngine, keys: Sequence[CacheKey]) -> list[Hit | None]:
+async def look(
+    engine: CacheEngine, messages: Sequence[dict[str, str]], *, control: CacheControl | None = None
+) -> Decision:
+    request = parse_chat_request({"model": MODEL, "messages": list(messages)})
+    return await engine.lookup(request, tenant=TENANT, control=control or CacheControl())
+
+
+async def lookups(engine: CacheEngine, asked: Sequence[list[dict[str, str]]]) -> list[Hit | None]:
     """Concurrent lookups (the index and the store serialize them on their threads)."""
     results: list[Hit | None] = []
-    for start in range(0, len(keys), CONCURRENCY):
-        decisions = await asyncio.gather(*(engine.lookup(key) for key in keys[start : start + CONCURRENCY]))
+    for start in range(0, len(asked), CONCURRENCY):
+        decisions = await asyncio.gather(*(look(engine, messages) for messages in asked[start : start + CONCURRENCY]))
         results.extend(decision if isinstance(decision, Hit) else None for decision in decisions)
     return results
 
@@ -211,11 +219,10 @@ async def measure(
             for i in range(len(conversations))
             for j in (contexts_for[i] if contexts_for is not None else range(len(conversations)))
         ]
-        keys = [
-            chat_key([*conversations[j].context(), {"role": "user", "content": conversations[i].follow_up}])
-            for i, j in plan
+        asked = [
+            [*conversations[j].context(), {"role": "user", "content": conversations[i].follow_up}] for i, j in plan
         ]
-        hits = await lookups(engine, keys)
+        hits = await lookups(engine, asked)
         engine.close()
     result.lookups = len(plan)
     for (i, j), hit in zip(plan, hits, strict=True):
@@ -287,7 +294,7 @@ async def naive(
                 twin = twins[0] if twins else None
                 if twin is not None:
                     await store_answer(engine, batcher, key, messages, conversations[twin].follow_up_response)
-            decision = await engine.lookup(key)
+            decision = await look(engine, messages)
             if isinstance(decision, Hit):
                 result.naive_loo_hits += 1
                 result.naive_loo_wrong += wrong(i, decision)

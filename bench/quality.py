@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import hashlib
 import json
 import math
 import random
@@ -56,10 +55,13 @@ sys.path.insert(0, str(ROOT))
 
 from embeddings import EmbeddedText, Embedder, EmbeddingBatcher, SentenceTransformerEmbedder  # noqa: E402
 from embeddings.batcher import BatcherConfig  # noqa: E402
-from gateway.cache.engine import ActivePolicy, CacheEngine, Hit, LookupSettings, Miss  # noqa: E402
-from gateway.cache.scope import CacheKey, normalize_prompt  # noqa: E402
+from gateway.cache.decisions import Hit, Miss  # noqa: E402
+from gateway.cache.engine import ActivePolicy, CacheEngine, LookupSettings  # noqa: E402
+from gateway.cache.scope import normalize_prompt  # noqa: E402
 from gateway.metrics import Metrics  # noqa: E402
 from gateway.stores import SqliteStore  # noqa: E402
+from gateway.wire import CompletionRequest, parse_chat_request  # noqa: E402
+from gateway.wire.cache_control import CacheControl  # noqa: E402
 from policies import CategoryClassifier, parse_policy  # noqa: E402
 from policies.calibration import (  # noqa: E402
     CalibrationResult,
@@ -234,9 +236,9 @@ def pair_scores(memo: MemoEmbedder, pairs: Sequence[Pair]) -> tuple[Floats, Floa
 # --- the lookup path -----------------------------------------------------------------------------
 
 
-def key(scope: str, prompt: str) -> CacheKey:
-    exact = hashlib.sha256(json.dumps([scope, prompt]).encode()).hexdigest()
-    return CacheKey(scope=scope, exact=exact, prompt=prompt)
+def asked(prompt: str) -> CompletionRequest:
+    """A request whose prompt is `prompt`; each pair's scope is a tenant of its own (see `fill`)."""
+    return parse_chat_request({"model": "m", "messages": [{"role": "user", "content": prompt}]})
 
 
 def policy_for(threshold: float) -> ActivePolicy:
@@ -278,9 +280,9 @@ async def fill(
     try:
         for number, pair in enumerate(pairs):
             for scope in (f"pair-{number}", "shared"):
-                found = await writer.lookup(key(scope, pair.a), search=False)
-                assert isinstance(found, Miss)
-                await writer.remember(key(scope, pair.a), found, request={"model": "m"}, response={"id": pair.a})
+                found = await writer.lookup(asked(pair.a), tenant=scope, control=CacheControl(lookup=False))
+                if isinstance(found, Miss):  # else a Bypass: its category is not cacheable
+                    await writer.remember(found, response={"id": pair.a})
     finally:
         writer.close()
 
@@ -294,16 +296,16 @@ async def run_config(
     try:
         await engine.rebuild_index()
         started = time.perf_counter()
-        per_pair = [await lookup(engine, key(f"pair-{number}", pair.b)) for number, pair in enumerate(pairs)]
-        shared = {text: await lookup(engine, key("shared", text)) for text in dict.fromkeys(pair.b for pair in pairs)}
+        per_pair = [await lookup(engine, f"pair-{number}", pair.b) for number, pair in enumerate(pairs)]
+        shared = {text: await lookup(engine, "shared", text) for text in dict.fromkeys(pair.b for pair in pairs)}
         lookups = len(per_pair) + len(shared)
         return per_pair, shared, (time.perf_counter() - started) / lookups * 1000
     finally:
         engine.close()
 
 
-async def lookup(engine: CacheEngine, cache_key: CacheKey) -> Served:
-    found = await engine.lookup(cache_key)
+async def lookup(engine: CacheEngine, scope: str, prompt: str) -> Served:
+    found = await engine.lookup(asked(prompt), tenant=scope, control=CacheControl())
     return Served(found.entry.prompt if isinstance(found, Hit) else None)
 
 

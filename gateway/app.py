@@ -19,7 +19,7 @@ from starlette.routing import Route
 from embeddings import Embedder
 from gateway.cache.engine import Clock
 from gateway.cache.semantic_cache import SemanticCache
-from gateway.cache.singleflight import SingleFlight
+from gateway.cache.serving import Serving
 from gateway.config import GatewayConfig
 from gateway.errors import ClientFacingError, MethodNotAllowed, ServiceUnavailable
 from gateway.http.admin import reload_on_sighup, reload_policy, stats
@@ -64,7 +64,7 @@ async def _open(
         cache=cache,
         upstream=upstream,
         passthrough=passthrough,
-        flights=SingleFlight(max_lifetime_s=config.upstream.timeout_s),
+        serving=Serving(cache),
         clock=clock,
     )
 

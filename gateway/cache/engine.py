@@ -12,19 +12,22 @@ import logging
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
 from embeddings import EmbedderError, EmbeddingBatcher, Vector
+from gateway.cache.decisions import Bypass, Candidate, Decision, Hit, Miss, NearMiss
 from gateway.cache.feedback import FeedbackResult, RatingValue, Thresholds, state_document, state_from_document
 from gateway.cache.index import IndexItem, VectorIndex
-from gateway.cache.scope import CacheKey
+from gateway.cache.scope import CacheKey, cache_key
 from gateway.config import FeedbackConfig
 from gateway.errors import ThresholdTooLoose
 from gateway.metrics import Metrics
 from gateway.stores import CacheEntry, Store
-from policies import Category, CategoryClassifier, Classification, Policy
+from gateway.wire import CompletionRequest, replay_completion
+from gateway.wire.cache_control import CacheControl
+from policies import DEFAULT, Category, CategoryClassifier, Classification, Policy
 from policies.feedback import Rating
+from policies.rules import Rules, rules_for
 from policies.verifier import Verifier
 
 logger = logging.getLogger("semcache.engine")
@@ -32,16 +35,13 @@ logger = logging.getLogger("semcache.engine")
 Clock = Callable[[], float]
 
 
-class Outcome(StrEnum):
-    HIT = "hit"
-    EXACT = "exact"
-    MISS = "miss"
-    BYPASS = "bypass"
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LookupSettings:
     search_k: int = 4
+
+
+# Policy rules are user regexes: over a prompt this long, a worker thread runs them, not the loop.
+_RULES_INLINE_CHARS = 2048
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -53,39 +53,19 @@ class ActivePolicy:
     classifier: CategoryClassifier
 
     def classify(self, text: str, vector: Vector | None) -> Category:
+        """Rules, then the vector, in one synchronous call (for offline jobs and benches)."""
         return self.policy.category(self.classifier.classify(text, vector).category)
 
-    def by_rules(self, text: str) -> Classification | None:
-        return self.classifier.classify_by_rules(text)
+    def by_vector(self, vector: Vector | None) -> Category:
+        """The embedding step alone (the rules ran first); no vector: the catch-all category."""
+        if vector is None:
+            return self.policy.category(DEFAULT)
+        return self.policy.category(self.classifier.classify_vector(vector).category)
 
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Hit:
-    entry: CacheEntry
-    similarity: float
-    exact: bool
-
-    @property
-    def category(self) -> str:
-        return self.entry.category
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Miss:
-    """`vector` is kept for remembering the answer; None when the prompt must stay exact-match only
-    (truncated by the embedder) or when embedding failed. `best_similarity` is None without
-    candidates. `storable` is False when the answer must not be kept (its category is not
-    cacheable, or the category could not be told)."""
-
-    vector: Vector | None
-    best_similarity: float | None
-    semantic: bool
-    category: str | None
-    storable: bool
-    fault: str | None = None
-
-
-Decision = Hit | Miss
+    async def by_rules(self, text: str) -> Classification | None:
+        if len(text) <= _RULES_INLINE_CHARS:
+            return self.classifier.classify_by_rules(text)
+        return await asyncio.to_thread(self.classifier.classify_by_rules, text)
 
 
 class CacheEngine:
@@ -153,51 +133,57 @@ class CacheEngine:
         self._metrics.fail_open.labels(stage=stage).inc()
         logger.warning("cache %s failed, serving from upstream: %s", stage, exc)
 
-    async def lookup(
-        self, key: CacheKey, *, threshold: float | None = None, max_age_s: float | None = None, search: bool = True
-    ) -> Decision:
-        """Exact match, then semantic within the prompt's category. `threshold` may only be stricter
-        than the category's (`ThresholdTooLoose` otherwise); `max_age_s` refuses older entries;
-        `search=False` (Cache-Control: no-cache) only embeds and classifies, so the fresh answer
-        can still be stored."""
+    def rules(self, category: Category, control: CacheControl) -> Rules:
+        """The rules in force for one request of `category`; a per-request threshold may only be
+        stricter than the category's (`ThresholdTooLoose` otherwise)."""
+        _check_threshold(control.threshold, category)
+        return rules_for(
+            category,
+            threshold=self.threshold(category),
+            requested_threshold=control.threshold,
+            requested_ttl_s=control.ttl_s,
+        )
+
+    async def lookup(self, request: CompletionRequest, *, tenant: str, control: CacheControl) -> Decision:
+        """Exact match, then semantic within the prompt's category, under the rules in force for
+        this request. `control.lookup=False` (Cache-Control: no-cache) only embeds and classifies,
+        so the fresh answer can still be stored; `control.max_age_s` refuses older entries."""
+        key = cache_key(request, tenant=tenant, namespace=control.namespace)
+        if not isinstance(key, CacheKey):
+            return self._bypass(request, key.reason)
         active = self._active
         now = self._clock()
-        oldest = now - max_age_s if max_age_s is not None else float("-inf")
-        ruled = active.by_rules(key.prompt)
+        oldest = now - control.max_age_s if control.max_age_s is not None else float("-inf")
+        # Classification runs once: the rules now (a keyword can say "not cacheable" before any
+        # embedding, the cheapest way to say no), the vector's step only if no rule matched.
+        ruled = await active.by_rules(key.prompt)
         if ruled is not None and not active.policy.category(ruled.category).cacheable:
-            # Decided by a keyword before any embedding: the cheapest way to say no.
-            return Miss(vector=None, best_similarity=None, semantic=False, category=ruled.category, storable=False)
-        if search:
+            return self._bypass(request, "category-not-cacheable", ruled.category)
+        if control.lookup:
             exact = await self._exact(key, active, now)
             if exact is not None and exact.created_at >= oldest:
-                _check_threshold(threshold, active.policy.category(exact.category))
-                return Hit(entry=exact, similarity=1.0, exact=True)
+                self.rules(active.policy.category(exact.category), control)  # refuses a looser threshold
+                return self._hit(request, exact, similarity=1.0, rules=None, now=now)
         try:
             embedded = await self._batcher.embed(key.prompt)
         except EmbedderError as exc:
             self._fault("embedder", exc)
             # Without a vector there is no category, and an answer of unknown category is not kept.
-            return Miss(vector=None, best_similarity=None, semantic=False, category=None, storable=False,
-                        fault="embedder")  # fmt: skip
-        category = active.classify(key.prompt, None if embedded.truncated else embedded.vector)
-        _check_threshold(threshold, category)
-        storable = category.cacheable
-        if embedded.truncated or not category.cacheable:
-            return Miss(vector=None, best_similarity=None, semantic=False, category=category.name, storable=storable)
-        if not search:
-            return Miss(vector=embedded.vector, best_similarity=None, semantic=True, category=category.name,
-                        storable=True)  # fmt: skip
-        # Without a verifier the category's threshold decides; with one, candidates from its floor
-        # up are judged by it, even above the threshold: the classic false hits sit at high
-        # similarity. Feedback and a per-request threshold can only make either stricter.
-        # Bad feedback raises the similarity floor in either case (see `policies.feedback`).
-        floor = max(self.threshold(category), threshold or 0.0)
+            return self._miss(request, key, None, None, reason="fail-open:embedder")
+        vector = None if embedded.truncated else embedded.vector
+        category = active.policy.category(ruled.category) if ruled is not None else active.by_vector(vector)
+        rules = self.rules(category, control)
+        if not category.cacheable:
+            return self._bypass(request, "category-not-cacheable", category.name)
+        if vector is None:
+            return self._miss(request, key, category, rules, reason="prompt-over-embedder-window")
+        if not control.lookup:
+            return self._miss(request, key, category, rules, vector=vector)
         try:
-            return await self._search(key, embedded.vector, category, now, floor=floor, oldest=oldest)
+            return await self._search(request, key, vector, category, rules, now=now, oldest=oldest)
         except Exception as exc:  # fail-open boundary
             self._fault("search", exc)
-            return Miss(vector=embedded.vector, best_similarity=None, semantic=True, category=category.name,
-                        storable=True, fault="search")  # fmt: skip
+            return self._miss(request, key, category, rules, vector=vector, reason="fail-open:search")
 
     async def _exact(self, key: CacheKey, active: ActivePolicy, now: float) -> CacheEntry | None:
         try:
@@ -210,25 +196,87 @@ class CacheEngine:
         return entry if active.policy.category(entry.category).cacheable else None
 
     async def _search(
-        self, key: CacheKey, vector: Vector, category: Category, now: float, *, floor: float, oldest: float
+        self,
+        request: CompletionRequest,
+        key: CacheKey,
+        vector: Vector,
+        category: Category,
+        rules: Rules,
+        *,
+        now: float,
+        oldest: float,
     ) -> Decision:
+        """Without a verifier the threshold in force decides; with one, candidates from its floor up
+        are judged by it, even far above it: the classic false hits sit at high similarity. Those it
+        refuses, and those in the near-miss band, are the near miss's candidates."""
         index = self._indexes[category.name]
         matches = await index.search(vector, scope=key.scope, k=self._settings.search_k)
         fresh = [match for match in matches if match.expires_at > now and match.created_at >= oldest]
         best = fresh[0].similarity if fresh else None
-        verifier = self._verifier
-        for match in fresh:
-            if match.similarity < floor:
-                break
+        floor = rules.hit_threshold if rules.near_miss_floor is None else rules.near_miss_floor
+        wanted = [match for match in fresh if match.similarity >= floor]
+        candidates: list[Candidate] = []
+        for match in wanted:
             entry = await self._store.get(match.entry_id, now=now)
             if entry is None:
                 continue
-            # Feature extraction is regex work, milliseconds on long prompts: off the event loop.
-            if verifier is None or await asyncio.to_thread(
-                verifier.accepts, query=key.prompt, candidate=entry.prompt, similarity=match.similarity
-            ):
-                return Hit(entry=entry, similarity=match.similarity, exact=False)
-        return Miss(vector=vector, best_similarity=best, semantic=True, category=category.name, storable=True)
+            if rules.is_hit(match.similarity) and await self._verified(key.prompt, entry, match.similarity):
+                return self._hit(request, entry, similarity=match.similarity, rules=rules, now=now)
+            if rules.near_miss_floor is not None:
+                candidates.append(Candidate(entry=entry, similarity=match.similarity))
+        if candidates:
+            return self._near_miss(request, key, category, rules, vector=vector, best=best, candidates=candidates)
+        return self._miss(request, key, category, rules, vector=vector, best=best)
+
+    async def _verified(self, prompt: str, entry: CacheEntry, similarity: float) -> bool:
+        if self._verifier is None:
+            return True
+        # Feature extraction is regex work, milliseconds on long prompts: off the event loop.
+        accepts = self._verifier.accepts
+        return await asyncio.to_thread(accepts, query=prompt, candidate=entry.prompt, similarity=similarity)
+
+    # Each decision is built here and nowhere else.
+
+    def _hit(
+        self, request: CompletionRequest, entry: CacheEntry, *, similarity: float, rules: Rules | None, now: float
+    ) -> Hit:
+        answer = replay_completion(entry.response, endpoint=request.endpoint, now=now)
+        return Hit(request=request, entry=entry, answer=answer, similarity=similarity, exact=rules is None, rules=rules)
+
+    @staticmethod
+    def _miss(
+        request: CompletionRequest,
+        key: CacheKey,
+        category: Category | None,
+        rules: Rules | None,
+        *,
+        vector: Vector | None = None,
+        best: float | None = None,
+        reason: str | None = None,
+    ) -> Miss:
+        name = None if category is None else category.name
+        return Miss(
+            request=request, key=key, category=name, rules=rules, vector=vector, best_similarity=best, reason=reason
+        )
+
+    @staticmethod
+    def _near_miss(
+        request: CompletionRequest,
+        key: CacheKey,
+        category: Category,
+        rules: Rules,
+        *,
+        vector: Vector,
+        best: float | None,
+        candidates: list[Candidate],
+    ) -> NearMiss:
+        ranked = tuple(sorted(candidates, key=lambda candidate: candidate.similarity, reverse=True))
+        return NearMiss(request=request, key=key, category=category.name, rules=rules, vector=vector,
+                        best_similarity=best, candidates=ranked)  # fmt: skip
+
+    @staticmethod
+    def _bypass(request: CompletionRequest, reason: str, category: str | None = None) -> Bypass:
+        return Bypass(request=request, reason=reason, category=category)
 
     async def record_hit(self, hit: Hit) -> None:
         now = self._clock()
@@ -305,27 +353,26 @@ class CacheEngine:
             restored += 1
         return restored
 
-    async def remember(
-        self, key: CacheKey, miss: Miss, *, request: Mapping[str, Any], response: Mapping[str, Any]
-    ) -> bool:
-        """Store a complete answer and index it, within its category's quota. Runs after the client
-        has its answer. Returns whether it was stored."""
+    async def remember(self, miss: Miss, *, response: Mapping[str, Any]) -> bool:
+        """Store a complete answer and index it, within its category's quota, for `miss.rules.ttl_s`.
+        Runs after the client has its answer. Returns whether it was stored."""
         active = self._active
-        if not miss.storable or miss.category is None or miss.category not in active.policy.names:
+        if miss.category is None or miss.rules is None or miss.category not in active.policy.names:
             return False
         category = active.policy.category(miss.category)
         now = self._clock()
+        key, request = miss.key, miss.request.body
         entry = CacheEntry(
             entry_id=uuid.uuid4().hex,
             scope_key=key.scope,
             exact_key=key.exact,
             prompt=key.prompt,
-            embedding=miss.vector if miss.semantic else None,
+            embedding=miss.vector,
             request=request,
             response=response,
             model=str(request.get("model", "")),
             created_at=now,
-            expires_at=now + category.ttl_s,
+            expires_at=now + miss.rules.ttl_s,
             category=category.name,
         )
         try:

@@ -60,7 +60,7 @@ def _digest(value: Any) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def cache_key(request: CompletionRequest, *, tenant: str) -> CacheKey | Uncacheable:
+def cache_key(request: CompletionRequest, *, tenant: str, namespace: str | None = None) -> CacheKey | Uncacheable:
     if request.uncacheable is not None or request.prompt is None:
         return Uncacheable(reason=request.uncacheable or "no-prompt")
     parameters = {name: value for name, value in request.body.items() if name not in _ANSWER_NEUTRAL}
@@ -70,6 +70,8 @@ def cache_key(request: CompletionRequest, *, tenant: str) -> CacheKey | Uncachea
             "endpoint": request.endpoint,
             "parameters": parameters,  # includes "model"
             "context": list(request.context),
+            # Only present when set, so that keys without a namespace stay what they were.
+            **({} if namespace is None else {"namespace": namespace}),
         }
     )
     normalized = normalize_prompt(request.prompt)

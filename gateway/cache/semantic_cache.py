@@ -20,12 +20,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from embeddings import BatcherConfig, Embedder, EmbeddingBatcher, SentenceTransformerEmbedder
-from gateway.cache.engine import ActivePolicy, CacheEngine, Clock, Hit, LookupSettings, Miss
+from gateway.cache.decisions import Bypass, Decision, Hit, Miss
+from gateway.cache.engine import ActivePolicy, CacheEngine, Clock, LookupSettings
 from gateway.cache.feedback import (
     FeedbackRequest,
     FeedbackResult,
@@ -46,7 +47,6 @@ from gateway.wire import (
     is_complete,
     parse_chat_request,
     parse_text_request,
-    replay_completion,
 )
 from gateway.wire.cache_control import CacheControl
 from policies import DEFAULT, CategoryClassifier, Policy, PolicyError, load_policy, parse_policy
@@ -56,45 +56,11 @@ from policies.verifier import LogisticVerifier, Verifier
 logger = logging.getLogger("semcache.cache")
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class CacheHit:
-    """A stored answer, under a fresh `id` and `created`; `usage` is the original one."""
-
-    request: CompletionRequest
-    answer: dict[str, Any]
-    similarity: float
-    entry_id: str
-    exact: bool
-    category: str
-
-    @property
-    def outcome(self) -> Literal["hit", "exact"]:
-        return "exact" if self.exact else "hit"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class CacheMiss:
-    """Pass it back to `remember` with the answer: it carries the key and the prompt's embedding."""
-
-    request: CompletionRequest
-    key: CacheKey
-    miss: Miss
-    best_similarity: float | None
-    reason: str | None
-
-    @property
-    def category(self) -> str | None:
-        return self.miss.category
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class NotCacheable:
-    request: CompletionRequest
-    reason: str
-    category: str | None = None
-
-
-Lookup = CacheHit | CacheMiss | NotCacheable
+# The names this API had before the decisions were one family; they stay for existing callers.
+CacheHit = Hit
+CacheMiss = Miss
+NotCacheable = Bypass
+Lookup = Decision
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -319,57 +285,35 @@ class SemanticCache:
         *,
         api_key: str | None = None,
         control: CacheControl | None = None,
-    ) -> Lookup:
-        """Never raises for a cache fault: a broken store or embedder gives a `CacheMiss`."""
+    ) -> Decision:
+        """`Hit | NearMiss | Miss | Bypass` (a `NearMiss` is a `Miss`). Never raises for a cache
+        fault: a broken store or embedder gives a `Miss` whose `reason` says so. Raises
+        `InvalidRequest` for a bad body and `ThresholdTooLoose` for a per-request threshold looser
+        than the category's."""
         parsed = request if isinstance(request, CompletionRequest) else self.parse(request)
-        control = control or CacheControl()
         tenant = tenant_for(api_key, self.config.tenant_by_key_sha256)
-        key = cache_key(parsed, tenant=tenant)
-        if not isinstance(key, CacheKey):
-            return NotCacheable(request=parsed, reason=key.reason)
-        decision = await self.engine.lookup(
-            key, threshold=control.threshold, max_age_s=control.max_age_s, search=control.lookup
-        )
+        decision = await self.engine.lookup(parsed, tenant=tenant, control=control or CacheControl())
         if isinstance(decision, Hit):
             self.tasks.spawn(self.engine.record_hit(decision), name="record-hit")
-            answer = replay_completion(decision.entry.response, endpoint=parsed.endpoint, now=self._clock())
             self._served.add(
                 ServedHit(
-                    response_id=str(answer["id"]),
-                    entry_id=decision.entry.entry_id,
+                    response_id=str(decision.answer["id"]),
+                    entry_id=decision.entry_id,
                     tenant=tenant,
                     category=decision.category,
                     similarity=decision.similarity,
                     exact=decision.exact,
                 )
             )
-            return CacheHit(
-                request=parsed,
-                answer=answer,
-                similarity=decision.similarity,
-                entry_id=decision.entry.entry_id,
-                exact=decision.exact,
-                category=decision.category,
-            )
-        if decision.fault is not None:
-            reason: str | None = f"fail-open:{decision.fault}"
-        elif not decision.storable:
-            return NotCacheable(request=parsed, reason="category-not-cacheable", category=decision.category)
-        elif not decision.semantic:
-            reason = "prompt-over-embedder-window"
-        else:
-            reason = None
-        return CacheMiss(
-            request=parsed, key=key, miss=decision, best_similarity=decision.best_similarity, reason=reason
-        )
+        return decision
 
-    async def remember(self, miss: CacheMiss, answer: Mapping[str, Any]) -> bool:
+    async def remember(self, miss: Miss, answer: Mapping[str, Any]) -> bool:
         """Store a complete answer (finish_reason stop/length/tool_calls); returns whether it was."""
-        if not is_complete(answer):
+        if not is_complete(answer) or not miss.storable:
             return False
-        return await self.engine.remember(miss.key, miss.miss, request=dict(miss.request.body), response=answer)
+        return await self.engine.remember(miss, response=answer)
 
-    def remember_later(self, miss: CacheMiss, answer: Mapping[str, Any]) -> None:
+    def remember_later(self, miss: Miss, answer: Mapping[str, Any]) -> None:
         """`remember` as a tracked background task, drained when the cache closes."""
         self.tasks.spawn(self.remember(miss, answer), name="remember")
 

@@ -45,9 +45,11 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, Literal
 
+from gateway.cache.decisions import Hit, Miss
 from gateway.cache.lifetime import CacheLifetime
 from gateway.cache.scope import CacheKey, cache_key, tenant_for
-from gateway.cache.semantic_cache import CacheHit, CacheMiss, SemanticCache
+from gateway.cache.semantic_cache import SemanticCache
+from gateway.cache.serving import Forward, Serving
 from gateway.errors import InvalidRequest, LiteLLMDependencyMissing
 from gateway.upstream import import_litellm
 from gateway.wire import CompletionRequest
@@ -82,7 +84,9 @@ class LiteLLMSemanticCache(BaseCache):
         self._lifetime = CacheLifetime(cache)
         self._params = frozenset(ModelParamHelper.get_all_llm_api_params())
         # Misses waiting for their answer, by exact key (scope + prompt), oldest first.
-        self._pending: OrderedDict[str, CacheMiss] = OrderedDict()
+        self._pending: OrderedDict[str, Forward] = OrderedDict()
+        # No coalescing: LiteLLM never says when a call it made failed, so a flight could not end.
+        self._serving = Serving(cache, coalesce=False)
         self._max_pending = max_pending
 
     def litellm_cache(self) -> Cache:
@@ -173,33 +177,40 @@ class LiteLLMSemanticCache(BaseCache):
 
     async def _lookup(self, request: CompletionRequest, kwargs: Mapping[str, Any]) -> dict[str, Any] | None:
         control = CacheControl(max_age_s=_max_age(kwargs.get("cache")))
-        found = await self.semantic.lookup(request, api_key=self._identity(kwargs), control=control)
+        action = await self._serving.serve(request, api_key=self._identity(kwargs), control=control)
+        decision = action.decision
         metadata = kwargs.get("metadata")
-        if isinstance(metadata, dict) and found.category is not None:
-            metadata["semcache-category"] = found.category
-        if isinstance(found, CacheMiss):
-            self._pending[found.key.exact] = found
-            self._pending.move_to_end(found.key.exact)
-            while len(self._pending) > self._max_pending:
-                self._pending.popitem(last=False)
+        if isinstance(metadata, dict) and decision.category is not None:
+            metadata["semcache-category"] = decision.category
+        if isinstance(action, Forward):
+            if isinstance(decision, Miss):  # kept until LiteLLM brings the answer
+                self._pending[decision.key.exact] = action
+                self._pending.move_to_end(decision.key.exact)
+                while len(self._pending) > self._max_pending:
+                    self._pending.popitem(last=False)
             return None
-        if not isinstance(found, CacheHit):
-            return None
-        if isinstance(metadata, dict):  # LiteLLM's convention; its proxy answers x-litellm-semantic-similarity
-            metadata["semantic-similarity"] = found.similarity
-        return found.answer
+        if isinstance(metadata, dict) and isinstance(decision, Hit):
+            # LiteLLM's convention; its proxy answers x-litellm-semantic-similarity.
+            metadata["semantic-similarity"] = decision.similarity
+        return dict(action.answer)
 
     async def _remember(self, request: CompletionRequest, answer: dict[str, Any], kwargs: Mapping[str, Any]) -> None:
         identity = self._identity(kwargs)
         key = cache_key(request, tenant=tenant_for(identity, self.semantic.config.tenant_by_key_sha256))
         if not isinstance(key, CacheKey):
             return
-        miss = self._pending.pop(key.exact, None)
-        if miss is None:  # not looked up (LiteLLM's no-cache) or evicted: embed it now
+        pending = self._pending.pop(key.exact, None)
+        if pending is None:  # not looked up (LiteLLM's no-cache) or evicted: embed it now
             found = await self.semantic.lookup(request, api_key=identity, control=CacheControl(lookup=False))
-            if not isinstance(found, CacheMiss):
+            if not isinstance(found, Miss):
                 return
             miss = found
+        elif pending.store and isinstance(pending.decision, Miss):
+            miss = pending.decision
+        else:
+            return
+        # Awaited, not `Forward.complete`'s background task: LiteLLM calls this after its caller
+        # has the answer already.
         await self.semantic.remember(miss, answer)
 
     def _request(self, kwargs: Mapping[str, Any]) -> CompletionRequest | None:

@@ -10,7 +10,7 @@ its body replayed; the app's response is forwarded as it comes and recorded on t
 a complete answer (a finish_reason, and `[DONE]` for a stream) is remembered after it was sent, under
 the category the policy gives its prompt. A stream that breaks, errors or is abandoned by the client
 is never stored. Identical misses in flight together reach the app once; the others are served its
-answer (`x-semcache-reason: coalesced`), or go to the app themselves if it fails. Every other route
+answer (`x-semcache: coalesced`), or go to the app themselves if it fails. Every other route
 and method passes through untouched. Responses of the cached routes carry the proxy's `x-semcache`
 headers.
 
@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -37,13 +38,13 @@ from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.cache.engine import Outcome
+from gateway.cache.decisions import Outcome
 from gateway.cache.lifetime import CacheLifetime
-from gateway.cache.semantic_cache import CacheHit, CacheMiss, NotCacheable, SemanticCache
-from gateway.cache.singleflight import Flight, SingleFlight
+from gateway.cache.semantic_cache import SemanticCache
+from gateway.cache.serving import Reply, Serving
 from gateway.config import GatewayConfig
 from gateway.errors import ClientFacingError, InvalidRequest
-from gateway.http.responses import bearer_key, coalesced_response, error_response, lookup_headers, stored_response
+from gateway.http.responses import bearer_key, error_response, lookup_headers, reply_response
 from gateway.wire import CompletionRequest, Endpoint, parse_json
 from gateway.wire.cache_control import CacheControl, parse_cache_control
 from gateway.wire.streams import StreamRecorder
@@ -75,7 +76,7 @@ class SemanticCacheMiddleware:
         prefix = path_prefix.rstrip("/")
         self._routes: dict[str, Endpoint] = {f"{prefix}/chat/completions": "chat", f"{prefix}/completions": "text"}
         self._lifetime = CacheLifetime(cache)
-        self._flights = SingleFlight(max_lifetime_s=cache.config.upstream.timeout_s)
+        self._serving = Serving(cache)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -131,6 +132,7 @@ class SemanticCacheMiddleware:
     # -- the cached routes ----------------------------------------------------------------------
 
     async def _completion(self, scope: Scope, receive: Receive, send: Send, endpoint: Endpoint) -> None:
+        started = time.perf_counter()
         limit = self.cache.config.server.max_body_bytes
         chunks, more_body, disconnected = await _read_body(receive, limit=limit)
         if disconnected:
@@ -145,7 +147,7 @@ class SemanticCacheMiddleware:
         try:
             data = parse_json(body)
         except InvalidRequest:
-            self._count("invalid")
+            self._serving.record("invalid", started)
             await self._forward(scope, _Replay([body], receive), send, invalid)
             return
         body_cache = None
@@ -156,58 +158,43 @@ class SemanticCacheMiddleware:
         try:
             control = parse_cache_control(Headers(scope=scope), body_cache)
         except ClientFacingError as error:
-            self._count("invalid")
+            self._serving.record("invalid", started)
             await error_response(error)(scope, receive, send)
             return
         try:
             request = self.cache.parse(data, endpoint=endpoint)
         except InvalidRequest:
-            self._count("invalid")
+            self._serving.record("invalid", started)
             await self._forward(scope, _Replay([body], receive), send, invalid)
             return
-        await self._answer(scope, _Replay([body], receive), send, request, control)
+        await self._answer(scope, _Replay([body], receive), send, request, control, started=started)
 
     async def _answer(
-        self, scope: Scope, receive: _Replay, send: Send, request: CompletionRequest, control: CacheControl
+        self,
+        scope: Scope,
+        receive: _Replay,
+        send: Send,
+        request: CompletionRequest,
+        control: CacheControl,
+        *,
+        started: float,
     ) -> None:
         try:
-            found = await self.cache.lookup(request, api_key=bearer_key(Request(scope)), control=control)
+            action = await self._serving.serve(request, api_key=bearer_key(Request(scope)), control=control)
         except ClientFacingError as error:  # a per-request threshold looser than the category's
-            self._count("invalid")
+            self._serving.record("invalid", started)
             await error_response(error)(scope, receive, send)
             return
-        headers = lookup_headers(found)
-        if isinstance(found, NotCacheable):
-            self._count(Outcome.BYPASS)
-            await self._forward(scope, receive, send, headers)
+        if isinstance(action, Reply):
+            await reply_response(action)(scope, receive, send)
+            self._serving.record(action.outcome, started)
             return
-        if isinstance(found, CacheHit):
-            self._count(found.outcome)
-            await stored_response(found.request, found.answer, headers)(scope, receive, send)
-            return
-        # Identical misses in flight together cost the app one answer: the others wait for it.
-        exact_key = found.key.exact
-        timeout_s = self.cache.config.upstream.timeout_s
-        shared = await self._flights.join(exact_key, timeout_s=timeout_s) if control.lookup else None
-        if shared is not None:
-            self._count(Outcome.EXACT)
-            await coalesced_response(request, shared, now=self.cache.clock())(scope, receive, send)
-            return
-        self._count(Outcome.MISS)
-        flight = self._flights.begin(exact_key)
+        headers = lookup_headers(action.decision)
         try:
-            on_complete = self._remember(found, flight, store=control.store)
-            await self._forward(scope, receive, send, headers, on_complete=on_complete, endpoint=request.endpoint)
+            await self._forward(scope, receive, send, headers, on_complete=action.complete, endpoint=request.endpoint)
         finally:
-            flight.finish()  # no complete answer (an error, a broken stream): followers ask the app themselves
-
-    def _remember(self, miss: CacheMiss, flight: Flight, *, store: bool) -> OnComplete:
-        def on_complete(answer: Mapping[str, Any]) -> None:
-            flight.finish(answer)
-            if store:
-                self.cache.remember_later(miss, answer)  # after the client has its answer
-
-        return on_complete
+            action.end()  # no complete answer (an error, a broken stream): followers ask the app themselves
+            self._serving.record(action.outcome, started)
 
     async def _forward(
         self,
@@ -222,9 +209,6 @@ class SemanticCacheMiddleware:
         """The app answers; its response goes to the client as it comes, with our headers added."""
         relay = _Relay(send, headers, on_complete=on_complete, endpoint=endpoint, client_gone=receive.client_gone)
         await self.app(scope, receive, relay)
-
-    def _count(self, outcome: str) -> None:
-        self.cache.metrics.requests.labels(outcome=outcome).inc()
 
 
 async def _lifespan_alone(middleware: SemanticCacheMiddleware, receive: Receive, send: Send) -> None:

@@ -11,10 +11,11 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from gateway.cache.engine import Clock, Outcome
+from gateway.cache.decisions import Outcome
+from gateway.cache.engine import Clock
 from gateway.cache.feedback import parse_feedback
-from gateway.cache.semantic_cache import CacheHit, NotCacheable, SemanticCache
-from gateway.cache.singleflight import SingleFlight
+from gateway.cache.semantic_cache import SemanticCache
+from gateway.cache.serving import Reply, Serving
 from gateway.config import GatewayConfig
 from gateway.errors import (
     ClientFacingError,
@@ -24,7 +25,7 @@ from gateway.errors import (
     UpstreamError,
 )
 from gateway.http.passthrough import Passthrough
-from gateway.http.responses import bearer_key, coalesced_response, error_response, lookup_headers, stored_response
+from gateway.http.responses import bearer_key, error_response, lookup_headers, reply_response
 from gateway.metrics import Metrics
 from gateway.upstream import Upstream
 from gateway.wire import (
@@ -63,7 +64,7 @@ class Proxy:
     cache: SemanticCache
     upstream: Upstream
     passthrough: Passthrough
-    flights: SingleFlight
+    serving: Serving
     clock: Clock
 
     @property
@@ -88,11 +89,10 @@ class Proxy:
             completion = parse(data)
             self._check_model(completion.model)
         except ClientFacingError as error:
-            self.metrics.requests.labels(outcome="invalid").inc()
+            self.serving.record("invalid", started)
             return error_response(error)
         response, outcome = await self._answer(completion, control, bearer_key(request))
-        self.metrics.requests.labels(outcome=outcome).inc()
-        self.metrics.latency.labels(outcome=outcome).observe(time.perf_counter() - started)
+        self.serving.record(outcome, started)
         return response
 
     def _check_model(self, model: str) -> None:
@@ -106,31 +106,16 @@ class Proxy:
         self, request: CompletionRequest, control: CacheControl, api_key: str | None
     ) -> tuple[Response, str]:
         try:
-            found = await self.cache.lookup(request, api_key=api_key, control=control)
+            action = await self.serving.serve(request, api_key=api_key, control=control)
         except ClientFacingError as error:  # a per-request threshold looser than the category's
-            self.metrics.requests.labels(outcome="invalid").inc()
             return error_response(error), "invalid"
-        headers = lookup_headers(found)
-        if isinstance(found, NotCacheable):
-            return await self._from_upstream(request, api_key, headers), Outcome.BYPASS
-        if isinstance(found, CacheHit):
-            return stored_response(request, found.answer, headers), found.outcome
-        exact_key = found.key.exact
-        shared = (
-            await self.flights.join(exact_key, timeout_s=self.config.upstream.timeout_s) if control.lookup else None
+        if isinstance(action, Reply):
+            return reply_response(action), action.outcome
+        headers = lookup_headers(action.decision)
+        response = await self._from_upstream(
+            action.request, api_key, headers, on_complete=action.complete, on_end=action.end
         )
-        if shared is not None:
-            return coalesced_response(request, shared, now=self.clock()), Outcome.EXACT
-        flight = self.flights.begin(exact_key)
-
-        def on_complete(answer: Mapping[str, Any]) -> None:
-            flight.finish(answer)
-            if control.store:
-                # Stored after the answer is sent: the client never waits for the store.
-                self.cache.remember_later(found, answer)
-
-        response = await self._from_upstream(request, api_key, headers, on_complete=on_complete, on_end=flight.finish)
-        return response, Outcome.MISS
+        return response, action.outcome
 
     async def _from_upstream(
         self,

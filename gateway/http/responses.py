@@ -9,10 +9,10 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from gateway.cache.engine import Outcome
-from gateway.cache.semantic_cache import CacheHit, CacheMiss, NotCacheable
+from gateway.cache.decisions import Bypass, Decision, Hit, Outcome
+from gateway.cache.serving import Reply
 from gateway.errors import ClientFacingError
-from gateway.wire import CompletionRequest, replay_completion
+from gateway.wire import CompletionRequest
 from gateway.wire.streams import replay_chat_stream, replay_text_stream
 
 
@@ -28,25 +28,34 @@ def bearer_key(request: Request) -> str | None:
     return request.headers.get("api-key") or None  # Azure-style clients
 
 
-def _optional(similarity: float | None, category: str | None) -> dict[str, str]:
-    headers = {} if similarity is None else {"x-semcache-similarity": f"{similarity:.4f}"}
-    return headers if category is None else {**headers, "x-semcache-category": category}
-
-
-def lookup_headers(found: CacheHit | CacheMiss | NotCacheable) -> dict[str, str]:
-    """The x-semcache headers that say what the cache did with this request."""
-    if isinstance(found, NotCacheable):
-        return {"x-semcache": Outcome.BYPASS, "x-semcache-reason": found.reason, **_optional(None, found.category)}
-    if isinstance(found, CacheHit):
-        return {
-            "x-semcache": found.outcome,
-            "x-semcache-entry": found.entry_id,
-            **_optional(found.similarity, found.category),
-        }
-    headers = {"x-semcache": Outcome.MISS, **_optional(found.best_similarity, found.category)}
-    if found.reason is not None:
-        headers["x-semcache-reason"] = found.reason
+def lookup_headers(decision: Decision) -> dict[str, str]:
+    """The x-semcache headers that say what the cache decided for this request."""
+    headers = {"x-semcache": str(decision.outcome), **_category(decision)}
+    if isinstance(decision, Bypass):
+        return {**headers, "x-semcache-reason": decision.reason}
+    if isinstance(decision, Hit):
+        headers["x-semcache-entry"] = decision.entry_id
+        similarity: float | None = decision.similarity
+    else:
+        similarity = decision.best_similarity
+        if decision.reason is not None:
+            headers["x-semcache-reason"] = decision.reason
+    if similarity is not None:
+        headers["x-semcache-similarity"] = f"{similarity:.4f}"
+    if decision.rules is not None:
+        headers["x-semcache-threshold"] = f"{decision.rules.hit_threshold:.4f}"
     return headers
+
+
+def reply_headers(reply: Reply) -> dict[str, str]:
+    if reply.outcome == Outcome.COALESCED:
+        # The answer of an identical request in flight: it was never stored, so no entry to name.
+        return {"x-semcache": Outcome.COALESCED, **_category(reply.decision)}
+    return lookup_headers(reply.decision)
+
+
+def _category(decision: Decision) -> dict[str, str]:
+    return {} if decision.category is None else {"x-semcache-category": decision.category}
 
 
 async def _events(events: Iterator[bytes]) -> AsyncIterator[bytes]:
@@ -63,7 +72,6 @@ def stored_response(request: CompletionRequest, answer: Mapping[str, Any], heade
     return StreamingResponse(_events(events), media_type="text/event-stream", headers=dict(headers))
 
 
-def coalesced_response(request: CompletionRequest, shared: Mapping[str, Any], *, now: float) -> Response:
-    """The answer an identical request in flight got, served to one that waited for it."""
-    headers = {"x-semcache": Outcome.EXACT, "x-semcache-reason": "coalesced"}
-    return stored_response(request, replay_completion(shared, endpoint=request.endpoint, now=now), headers)
+def reply_response(reply: Reply) -> Response:
+    """A `Reply` of the serving step: the cached answer, JSON or a replayed stream."""
+    return stored_response(reply.request, reply.answer, reply_headers(reply))

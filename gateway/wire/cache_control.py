@@ -23,6 +23,10 @@ class CacheControl:
     store: bool = True
     max_age_s: float | None = None
     threshold: float | None = None
+    # How long to keep this answer (never longer than its category allows).
+    ttl_s: float | None = None
+    # An extra partition of the scope: entries of one namespace are never served in another.
+    namespace: str | None = None
 
 
 _BODY_KEYS = frozenset({"no_cache", "no_store", "max_age", "threshold"})

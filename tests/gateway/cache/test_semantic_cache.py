@@ -182,16 +182,23 @@ def test_lookup_before_open_says_how_to_open(cache: SemanticCache) -> None:
 
 def test_public_surface_is_pinned() -> None:
     assert gateway.__all__ == [
+        "Bypass",
         "CacheControl",
         "CacheHit",
         "CacheMiss",
+        "Candidate",
         "ClientFacingError",
         "ConfigError",
+        "Decision",
         "GatewayConfig",
         "GatewayError",
+        "Hit",
         "InvalidRequest",
         "Lookup",
+        "Miss",
+        "NearMiss",
         "NotCacheable",
+        "Outcome",
         "SemanticCache",
         "SemanticCacheMiddleware",
         "UpstreamError",
@@ -202,3 +209,33 @@ def test_public_surface_is_pinned() -> None:
     ]
     for name in gateway.__all__:
         assert getattr(gateway, name) is not None
+
+
+def test_a_near_miss_is_a_miss_that_carries_its_candidates(tmp_path: Path, real_embedder: Embedder) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        "categories:\n  - name: default\n    similarity_threshold: 0.99\n    near_miss_floor: 0.5\n    ttl_s: 3600\n"
+    )
+    config = GatewayConfig(policy=str(policy), cache=CacheConfig(store=StoreConfig(path=str(tmp_path / "c.db"))))
+
+    async def scenario() -> tuple[Any, Any]:
+        async with SemanticCache(config, embedder=real_embedder) as cache:
+            first = await cache.lookup(chat(QUESTION), api_key="sk-a")
+            assert isinstance(first, CacheMiss)
+            await cache.remember(first, answer("Use reversed()."))
+            near = await cache.lookup(chat(PARAPHRASE), api_key="sk-a")
+            other_tenant = await cache.lookup(chat(PARAPHRASE), api_key="sk-b")
+            return near, other_tenant
+
+    near, other_tenant = asyncio.run(scenario())
+
+    assert isinstance(near, gateway.NearMiss)
+    assert isinstance(near, CacheMiss)  # callers that know only hits and misses treat it as a miss
+    assert near.outcome == "near-miss"
+    (candidate,) = near.candidates
+    assert candidate.entry.prompt == QUESTION
+    assert candidate.similarity == near.best_similarity
+    assert near.rules is not None and near.rules.near_miss_floor == 0.5
+    # Candidates come from the caller's own scope only: another tenant's entry is no example.
+    assert not isinstance(other_tenant, gateway.NearMiss)
+    assert other_tenant.best_similarity is None

@@ -1,0 +1,138 @@
+"""From a request to what to do with it, with no transport in sight: reply from the cache, or forward
+to a deployment (the proxy), the app (the middleware) or the provider (the LiteLLM hook).
+
+    action = await serving.serve(request, api_key=key, control=control)
+    if isinstance(action, Reply):
+        ...answer action.answer as JSON or a replayed stream...
+    else:
+        try:
+            ...send action.request to action.route (or the app); on a complete answer:
+            action.complete(answer)
+        finally:
+            action.end()
+
+The branching exists here once: the proxy, the middleware and the LiteLLM hook only carry it out.
+Concurrent identical misses coalesce when a `SingleFlight` is given: one goes upstream, the others
+wait for its answer and are replied to with it (`x-semcache: coalesced`: it was never stored).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.cache.decisions import Bypass, Decision, Hit, Miss, NearMiss, Outcome
+from gateway.cache.semantic_cache import SemanticCache
+from gateway.cache.singleflight import Flight, SingleFlight
+from gateway.upstream import Route, Router, RouteRequest
+from gateway.wire import CompletionRequest, replay_completion
+from gateway.wire.cache_control import CacheControl
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Reply:
+    """Answer from the cache: a hit, or the answer an identical request in flight just got."""
+
+    request: CompletionRequest
+    answer: Mapping[str, Any]
+    decision: Hit | Miss
+    outcome: Outcome
+
+
+@dataclass(slots=True, kw_only=True)
+class Forward:
+    """Ask the upstream. `request` is what to send (today the client's own; in-context examples
+    will change its messages); `route` is None where the caller has no router (the middleware's
+    app, LiteLLM's provider)."""
+
+    request: CompletionRequest
+    decision: Miss | Bypass
+    route: Route | None
+    cache: SemanticCache
+    flight: Flight | None = None
+    # Whether a complete answer is remembered (not for a bypass, nor under Cache-Control: no-store).
+    store: bool = False
+
+    @property
+    def outcome(self) -> Outcome:
+        return self.decision.outcome
+
+    def complete(self, answer: Mapping[str, Any]) -> None:
+        """A complete answer arrived: release the followers with it and remember it (after the
+        client has it: `remember_later` is a background task)."""
+        if self.flight is not None:
+            self.flight.finish(answer)
+        if self.store and isinstance(self.decision, Miss):
+            self.cache.remember_later(self.decision, answer)
+
+    def end(self) -> None:
+        """The exchange is over (for a stream: when it ended, not when it began). Without a complete
+        answer the followers go upstream themselves. Idempotent."""
+        if self.flight is not None:
+            self.flight.finish()
+
+
+Action = Reply | Forward
+
+
+class Serving:
+    def __init__(self, cache: SemanticCache, *, router: Router | None = None, coalesce: bool = True) -> None:
+        self.cache = cache
+        self._router = router
+        self._flights = SingleFlight(max_lifetime_s=cache.config.upstream.timeout_s) if coalesce else None
+
+    @property
+    def in_flight(self) -> int:
+        return 0 if self._flights is None else len(self._flights)
+
+    async def serve(self, request: CompletionRequest, *, api_key: str | None, control: CacheControl) -> Action:
+        """Raises what `SemanticCache.lookup` raises for a bad request (`ThresholdTooLoose`)."""
+        decision = await self.cache.lookup(request, api_key=api_key, control=control)
+        return await self.act(decision, control=control)
+
+    async def act(self, decision: Decision, *, control: CacheControl) -> Action:
+        if isinstance(decision, Hit):
+            return Reply(request=decision.request, answer=decision.answer, decision=decision, outcome=decision.outcome)
+        if isinstance(decision, Bypass):
+            return Forward(request=decision.request, decision=decision, route=self._route(decision), cache=self.cache)
+        flight = None
+        if self._flights is not None:
+            exact_key = decision.key.exact
+            timeout_s = self.cache.config.upstream.timeout_s
+            shared = await self._flights.join(exact_key, timeout_s=timeout_s) if control.lookup else None
+            if shared is not None:
+                answer = replay_completion(shared, endpoint=decision.request.endpoint, now=self.cache.clock())
+                return Reply(request=decision.request, answer=answer, decision=decision, outcome=Outcome.COALESCED)
+            flight = self._flights.begin(exact_key)
+        return Forward(
+            request=decision.request,
+            decision=decision,
+            route=self._route(decision),
+            cache=self.cache,
+            flight=flight,
+            store=control.store,
+        )
+
+    def _route(self, decision: Miss | Bypass) -> Route | None:
+        if self._router is None:
+            return None
+        category = decision.category
+        policy = self.cache.engine.policy
+        tier = policy.category(category).tier if category is not None and category in policy.names else None
+        return self._router.route(
+            RouteRequest(
+                model=decision.request.model,
+                category=category,
+                tier=tier,
+                near_miss=isinstance(decision, NearMiss),
+            )
+        )
+
+    def record(self, outcome: str, started: float) -> None:
+        """Count one answered request (`outcome`: an `Outcome`, or "invalid") and its latency from
+        `started` (a `time.perf_counter()` reading)."""
+        metrics = self.cache.metrics
+        metrics.requests.labels(outcome=outcome).inc()
+        metrics.latency.labels(outcome=outcome).observe(time.perf_counter() - started)
