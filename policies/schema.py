@@ -85,6 +85,8 @@ def _join(path: str, key: str | int) -> str:
 
 
 def _type_name(tp: Any) -> str:
+    if get_origin(tp) is Literal:
+        return " or ".join(map(repr, get_args(tp)))
     if isinstance(tp, type):
         return {"str": "a string", "int": "an integer", "float": "a number", "bool": "true/false"}.get(
             tp.__name__, tp.__name__
@@ -102,7 +104,9 @@ def _convert(tp: Any, data: Any, path: str, problems: list[str]) -> Any:
         if data is None and type(None) in options:
             return None
         inner = [option for option in options if option is not type(None)]
-        return _convert(inner[0], data, path, problems)
+        if len(inner) == 1:
+            return _convert(inner[0], data, path, problems)
+        return _convert_union(inner, data, path, problems)
     if origin is Literal:
         allowed = get_args(tp)
         if data not in allowed:
@@ -124,6 +128,26 @@ def _convert(tp: Any, data: Any, path: str, problems: list[str]) -> Any:
             for key, item in data.items()
         }
     return _convert_scalar(tp, data, where, problems)
+
+
+def _convert_union(options: list[Any], data: Any, path: str, problems: list[str]) -> Any:
+    """The first option the value converts to cleanly, in the order the annotation gives them; when
+    none fits, the problems of the closest one (fewest problems), said once."""
+    attempts: list[tuple[Any, list[str]]] = []
+    for option in options:
+        trial: list[str] = []
+        value = _convert(option, data, path, trial)
+        if not trial:
+            return value
+        attempts.append((value, trial))
+    value, closest = min(attempts, key=lambda attempt: len(attempt[1]))
+    where = path or "(top level)"
+    if any(not problem.startswith(f"{where}: ") for problem in closest):
+        problems.extend(closest)  # it had the right shape: what is wrong inside it says most
+    else:
+        names = " or ".join(_type_name(option) for option in options)
+        problems.append(f"{where}: must be {names}, got {data!r}")
+    return value
 
 
 def _convert_scalar(tp: Any, data: Any, where: str, problems: list[str]) -> Any:
