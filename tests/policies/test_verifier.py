@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
 import json
 import math
 from pathlib import Path
@@ -16,10 +15,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from embeddings import Embedder, EmbeddingBatcher
-from gateway.cache.engine import ActivePolicy, CacheEngine, Hit, LookupSettings, Miss
-from gateway.cache.scope import CacheKey, normalize_prompt
+from gateway.cache.decisions import Hit, Miss
+from gateway.cache.engine import ActivePolicy, CacheEngine, LookupSettings
 from gateway.metrics import Metrics
 from gateway.stores import SqliteStore
+from gateway.wire import CompletionRequest, parse_chat_request
+from gateway.wire.cache_control import CacheControl
 from policies import CategoryClassifier, parse_policy
 from policies.verifier import (
     DEFAULT_VETOES,
@@ -269,9 +270,8 @@ PARAPHRASE = "How much did gold cost in 2024?"  # cosine ≈ 0.959: below the wr
 UNRELATED = "How do I bake sourdough bread?"
 
 
-def cache_key(prompt: str) -> CacheKey:
-    normalized = normalize_prompt(prompt)
-    return CacheKey(scope="tenant-a", exact=hashlib.sha256(normalized.encode()).hexdigest(), prompt=normalized)
+def asked(prompt: str) -> CompletionRequest:
+    return parse_chat_request({"model": "m", "messages": [{"role": "user", "content": prompt}]})
 
 
 def decide(
@@ -292,12 +292,12 @@ def decide(
                 verifier=verifier,
             )
             try:
-                miss = await engine.lookup(cache_key(STORED))
+                miss = await engine.lookup(asked(STORED), tenant="tenant-a", control=CacheControl())
                 assert isinstance(miss, Miss)
-                assert await engine.remember(cache_key(STORED), miss, request={"model": "m"}, response={"id": "a"})
+                assert await engine.remember(miss, response={"id": "a"})
                 found: dict[str, float | None] = {}
                 for prompt in (WRONG_YEAR, PARAPHRASE, UNRELATED):
-                    decision = await engine.lookup(cache_key(prompt))
+                    decision = await engine.lookup(asked(prompt), tenant="tenant-a", control=CacheControl())
                     found[prompt] = decision.similarity if isinstance(decision, Hit) else None
                 return found
             finally:
