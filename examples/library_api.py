@@ -19,7 +19,7 @@ from typing import Any
 # importable, as `python -m examples.<name>` does.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gateway import CacheHit, CacheMiss, GatewayConfig, SemanticCache
+from gateway import GatewayConfig, Hit, Miss, SemanticCache
 from gateway.config import CacheConfig, StoreConfig
 
 API_KEY = "sk-example"  # the tenant: another key never sees these answers
@@ -48,10 +48,10 @@ async def call_the_llm(body: dict[str, Any]) -> dict[str, Any]:
 async def ask(cache: SemanticCache, question: str) -> tuple[str, dict[str, Any]]:
     body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": question}]}
     found = await cache.lookup(body, api_key=API_KEY)
-    if isinstance(found, CacheHit):
+    if isinstance(found, Hit):
         return f"{found.outcome} (similarity {found.similarity:.3f}, category {found.category})", found.answer
     answer = await call_the_llm(body)
-    if isinstance(found, CacheMiss):  # NotCacheable (n>1, images, ...) is never stored
+    if isinstance(found, Miss):  # a Bypass (n>1, images, ...) is never stored
         await cache.remember(found, answer)  # or cache.remember_later(found, answer): in the background
     return "miss", answer
 
