@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import openai
@@ -10,6 +11,7 @@ import pytest
 from gateway.config import CacheConfig, EmbeddingConfig, GatewayConfig
 from tests.conftest import Gateway, GatewayFactory, Upstream
 from tests.doubles import BrokenStore, CountingEmbedder, FailingEmbedder, FakeClock, StallingEmbedder
+from tests.servers import free_port
 
 QUESTION = "How do I reverse a list in Python?"
 PARAPHRASE = "python: reverse a list"
@@ -274,6 +276,25 @@ def test_the_gateways_own_paths_refuse_other_methods_instead_of_forwarding(
     assert response.status_code == 405
     assert response.headers["allow"] == allowed
     assert response.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_readiness_reports_an_unreachable_upstream_without_saying_more(
+    start_gateway: GatewayFactory, gateway_config: GatewayConfig
+) -> None:
+    nowhere = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+    with start_gateway(upstream=replace(gateway_config.upstream, api_base=nowhere)) as gateway, gateway.http() as http:
+        response = http.get("/readyz")
+
+    assert response.status_code == 503
+    assert response.json() == {"status": "not ready", "checks": {"store": "ok", "upstream": "unreachable"}}
+
+
+def test_readiness_names_a_failing_store_but_never_its_exception(start_gateway: GatewayFactory) -> None:
+    with start_gateway(store=BrokenStore()) as gateway, gateway.http() as http:
+        response = http.get("/readyz")
+
+    assert response.status_code == 503
+    assert response.json() == {"status": "not ready", "checks": {"store": "unavailable", "upstream": "ok"}}
 
 
 def test_store_outage_fails_open(start_gateway: GatewayFactory, upstream: Upstream) -> None:
