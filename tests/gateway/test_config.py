@@ -374,3 +374,10 @@ def test_a_policy_or_verifier_file_that_does_not_exist_is_a_config_error(tmp_pat
         f"policy: no such file: {tmp_path / 'no-such-policy.yaml'}",
         f"verifier: no such file: {tmp_path / 'calib' / 'verifier.json'}",
     ]
+
+
+def test_the_docker_example_config_loads_and_requires_listed_keys() -> None:
+    config = load_config(EXAMPLE.parent / "examples" / "docker-config.yaml")
+
+    assert config.requires_listed_key
+    assert config.server.host == "0.0.0.0"
