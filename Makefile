@@ -3,8 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # torch must be the CPU build: a bare `torch` requirement pulls a multi-GB CUDA build. Where the
-# CPU wheel is not on local disk, point pip at PyTorch's CPU wheel index, e.g.
-#   make test TORCH_PIP_ARGS="--index-url <pytorch-cpu-wheel-index> torch==2.13.0"
+# CPU wheel is not on local disk, point pip at the PyTorch CPU wheel index:
+#   make test TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu torch==2.13.0"
 TORCH_PIP_ARGS ?= torch==2.13.0
 
 .PHONY: install demo serve test lint bench clean

@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from starlette.applications import Starlette
@@ -20,11 +21,21 @@ from embeddings import Embedder
 from gateway.cache.engine import Clock
 from gateway.cache.semantic_cache import SemanticCache
 from gateway.cache.serving import Serving
-from gateway.config import GatewayConfig
-from gateway.errors import ClientFacingError, MethodNotAllowed, ServiceUnavailable
+from gateway.config import GatewayConfig, client_problems, load_config, resolve_secrets
+from gateway.errors import (
+    ClientFacingError,
+    ConfigError,
+    InvalidRequest,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    Unauthorized,
+)
 from gateway.http.admin import reload_on_sighup, reload_policy, stats
-from gateway.http.passthrough import Passthrough
+from gateway.http.auth import ClientKeys
+from gateway.http.passthrough import Passthrough, allowed
 from gateway.http.proxy import Proxy, not_found
+from gateway.http.readiness import UpstreamProbe, readiness
 from gateway.http.responses import error_response
 from gateway.metrics import Metrics
 from gateway.stores import Store
@@ -53,12 +64,18 @@ async def _open(
     upstream: Upstream | None,
     clock: Clock,
 ) -> Proxy:
+    # Start-up takes seconds (model load, index rebuild, the litellm import): say what it is doing.
+    started = time.perf_counter()
+    logger.info("opening the cache: embedding model, store, index rebuild")
     await stack.enter_async_context(cache)
+    logger.info("cache open in %.1f s", time.perf_counter() - started)
     if upstream is None:
+        step = time.perf_counter()
         # The litellm import takes seconds: off the event loop.
         litellm_upstream = await asyncio.to_thread(LiteLLMUpstream, config.upstream)
         stack.push_async_callback(litellm_upstream.aclose)
         upstream = litellm_upstream
+        logger.info("upstream client (litellm) ready in %.1f s", time.perf_counter() - step)
     passthrough = await stack.enter_async_context(Passthrough(config.upstream))
     return Proxy(
         cache=cache,
@@ -79,7 +96,13 @@ def create_app(
     clock: Clock = time.time,
 ) -> Starlette:
     """Parts passed in (embedder, store, upstream) are used as they are and stay the caller's to
-    close; the rest is built from `config` in the lifespan and closed there."""
+    close; the rest is built from `config` in the lifespan and closed there. Raises `ConfigError`
+    when the config would serve anyone with the gateway's own upstream key."""
+    problems = client_problems(config.upstream, config.clients, listed=bool(config.tenant_by_key_sha256))
+    if problems:
+        raise ConfigError("config", [f"{path}: {reason}" for path, reason in problems])
+    clients = ClientKeys.from_config(config)
+    probe = UpstreamProbe(config.upstream.api_base)
     runtime = _Runtime()
     metrics = Metrics()
     cache = SemanticCache(config, embedder=embedder, store=store, verifier=verifier, clock=clock, metrics=metrics)
@@ -94,38 +117,35 @@ def create_app(
             finally:
                 runtime.proxy = None
 
-    async def chat_completions(request: Request) -> Response:
-        return await runtime.require().chat_completions(request)
+    def for_clients(serve: Callable[[Proxy, Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+        """A /v1 route: the caller's key is checked first, where the config requires listed keys."""
 
-    async def completions(request: Request) -> Response:
-        return await runtime.require().completions(request)
+        async def endpoint(request: Request) -> Response:
+            refused = clients.refusal(request)
+            if refused is not None:
+                return refused
+            return await serve(runtime.require(), request)
 
-    async def models(request: Request) -> Response:
-        return await runtime.require().models(request)
+        return endpoint
 
-    async def forward(request: Request) -> Response:
+    async def forward(proxy: Proxy, request: Request) -> Response:
         # Starlette falls through to this catch-all when a gateway route matches the path but not
         # the method: such a request is for the gateway, not the upstream, and is refused here.
-        allowed = own_paths.get(request.url.path)
-        if allowed is not None:
-            raise HTTPException(405, headers={"Allow": allowed})
-        return await runtime.require().forward(request)
+        methods = own_paths.get(request.url.path)
+        if methods is not None:
+            raise HTTPException(405, headers={"Allow": methods})
+        if not allowed(config.upstream.passthrough, request.method, request.url.path):
+            return await not_found(request)
+        return await proxy.forward(request)
 
     async def readyz(request: Request) -> Response:
         proxy = runtime.proxy
         if proxy is None:
             return JSONResponse({"status": "starting"}, status_code=503)
-        try:
-            await proxy.cache.engine.store.ping()
-        except Exception as exc:  # readiness reports the fault instead of raising it
-            return JSONResponse({"status": "store unavailable", "detail": str(exc)}, status_code=503)
-        return JSONResponse({"status": "ready"})
+        return await readiness(proxy.cache.engine.store, probe)
 
     async def admin_reload(request: Request) -> Response:
         return await reload_policy(request, runtime.require().cache)
-
-    async def rate_hit(request: Request) -> Response:
-        return await runtime.require().feedback(request)
 
     async def admin_stats(request: Request) -> Response:
         return await stats(request, runtime.require().cache)
@@ -134,16 +154,16 @@ def create_app(
         return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
 
     own = [
-        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
-        Route("/v1/completions", completions, methods=["POST"]),
-        Route("/v1/models", models, methods=["GET"]),
-        Route("/v1/feedback", rate_hit, methods=["POST"]),
+        Route("/v1/chat/completions", for_clients(Proxy.chat_completions), methods=["POST"]),
+        Route("/v1/completions", for_clients(Proxy.completions), methods=["POST"]),
+        Route("/v1/models", for_clients(Proxy.models), methods=["GET"]),
+        Route("/v1/feedback", for_clients(Proxy.feedback), methods=["POST"]),
     ]
     own_paths = {route.path: ", ".join(sorted((route.methods or set()) - {"HEAD"})) for route in own}
     app = Starlette(
         routes=[
             *own,
-            Route("/v1/{rest:path}", forward, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
+            Route("/v1/{rest:path}", for_clients(forward), methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
             Route("/healthz", _healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", prometheus, methods=["GET"]),
@@ -161,22 +181,55 @@ async def _healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
+# Starlette's HTTPExceptions by status, as our own errors; any other status keeps its number.
+_BY_STATUS: Mapping[int, type[ClientFacingError]] = {
+    400: InvalidRequest,
+    401: Unauthorized,
+    405: MethodNotAllowed,
+    413: PayloadTooLarge,
+    503: ServiceUnavailable,
+}
+
+
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    error: ClientFacingError
     if exc.status_code == 404:
         return await not_found(request)
     if exc.status_code == 405:
-        error = MethodNotAllowed(f"Method {request.method} not allowed on {request.url.path}")
-        response = error_response(error)
-        response.headers.update(exc.headers or {})
-        return response
+        message = f"Method {request.method} not allowed on {request.url.path}"
     else:
-        error = ServiceUnavailable(str(exc.detail))
-    return error_response(error)
+        message = str(exc.detail)
+    kind = _BY_STATUS.get(exc.status_code)
+    if kind is not None:
+        error = kind(message)
+    else:
+        error = ClientFacingError(message)
+        error.status_code = exc.status_code
+        if exc.status_code >= 500:
+            error.error_type = "server_error"
+    return error_response(error, exc.headers)
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
     logger.exception("unexpected error", exc_info=exc)
     body = {"error": {"message": "internal gateway error", "type": "server_error", "param": None, "code": None}}
     return JSONResponse(body, status_code=500)
+
+
+CONFIG_VARIABLE = "SEMCACHE_CONFIG"
+
+
+def factory() -> Starlette:
+    """For ASGI servers that build the app in each worker process, e.g.
+    `SEMCACHE_CONFIG=config.yaml uvicorn gateway.app:factory --factory --workers 4`. This is an edge
+    like the CLI: the config path and the secrets it names are read from the environment here."""
+    return app_from_environment(os.environ)
+
+
+def app_from_environment(environ: Mapping[str, str]) -> Starlette:
+    path = environ.get(CONFIG_VARIABLE)
+    if not path:
+        raise ConfigError("environment", [f"{CONFIG_VARIABLE}: set it to the path of the gateway's YAML config"])
+    if not logging.getLogger().handlers:  # the ASGI server configures its own loggers, not ours
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return create_app(resolve_secrets(load_config(path), environ))

@@ -6,20 +6,39 @@ import argparse
 import logging
 import os
 import sys
+import time
+import tomllib
 from collections.abc import Sequence
 from dataclasses import replace
+from importlib import metadata
 from pathlib import Path
 
 from gateway.config import load_config, resolve_secrets
 from gateway.errors import ConfigError
 from policies import PolicyError
 
+DISTRIBUTION = "semcache-gateway"
+logger = logging.getLogger("semcache.cli")
+
+
+def _version() -> str:
+    """The installed distribution's version; in a source tree that is not installed, pyproject's."""
+    try:
+        return metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
+        try:
+            version: str = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]["version"]
+        except (OSError, KeyError, tomllib.TOMLDecodeError):
+            return "unknown (not installed)"
+        return version
+
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from gateway.app import create_app
-
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # litellm logs every call at INFO; its warnings are what an operator needs.
+    for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy", "httpx"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
     config = resolve_secrets(load_config(args.config), os.environ)
     server = replace(
         config.server,
@@ -27,12 +46,21 @@ def _serve(args: argparse.Namespace) -> int:
         port=args.port if args.port is not None else config.server.port,
     )
     config = replace(config, server=server)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # litellm logs every call at INFO; its warnings are what an operator needs.
-    for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy", "httpx"):
-        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
+    started = time.perf_counter()
+    logger.info("semcache %s: importing the gateway (torch, sentence-transformers)", _version())
+    import uvicorn
+
+    from gateway.app import create_app
+    from gateway.cache.semantic_cache import configured_policy
+
+    logger.info("imports done in %.1f s", time.perf_counter() - started)
+    # Read here, so that a wrong policy file is reported as a config error is (main), not as a
+    # traceback from inside the server's start-up; the lifespan reads it again to serve it.
+    policy = configured_policy(config)
+    logger.info("policy: %d categories (%s)", len(policy.names), ", ".join(policy.names))
+    app = create_app(config)
     uvicorn.run(
-        create_app(config),
+        app,
         host=server.host,
         port=server.port,
         log_level=args.log_level,
@@ -117,6 +145,7 @@ def _tune(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="semcache", description="Semantic cache gateway for LLM APIs")
+    parser.add_argument("--version", action="version", version=f"semcache {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the OpenAI-compatible gateway")
     serve.add_argument("--config", required=True, help="YAML config file (see config.example.yaml)")

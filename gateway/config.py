@@ -7,10 +7,11 @@ the CLI hands in, so nothing below the CLI reads the process environment.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -27,9 +28,36 @@ class ServerConfig:
     max_body_bytes: int = field(default=1_048_576, metadata=check(positive))
 
 
+def _http_url(value: Any) -> str | None:
+    parts = urlsplit(str(value))
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"must be an http:// or https:// URL with a host (e.g. https://api.openai.com/v1), got {value!r}"
+    return None
+
+
+HttpMethod = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
+
+
+def _route_pattern(value: Any) -> str | None:
+    segments = str(value).split("/")
+    if not str(value).startswith("/v1/") or any(segment in ("", ".", "..") for segment in segments[1:]):
+        return f"must be a path under /v1/ without empty, '.' or '..' segments, got {value!r}"
+    if "**" in segments[:-1] or any("*" in segment and segment not in ("*", "**") for segment in segments):
+        return "'*' stands for one whole path segment, and '**' (the last segment only) for one or more"
+    return None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PassthroughRoute:
+    """A route forwarded to the upstream as it is: `*` is one path segment, a final `**` one or more."""
+
+    method: HttpMethod
+    path: str = field(metadata=check(_route_pattern))
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class UpstreamConfig:
-    api_base: str = "http://127.0.0.1:9000/v1"
+    api_base: str = field(default="http://127.0.0.1:9000/v1", metadata=check(_http_url))
     # litellm provider prefix: "openai" speaks the OpenAI wire format to any compatible server.
     provider: str = "openai"
     # Name of the environment variable that holds the upstream key. Unset: each caller's own key
@@ -39,6 +67,10 @@ class UpstreamConfig:
     timeout_s: float = field(default=60.0, metadata=check(positive))
     # Served by GET /v1/models; when non-empty, other models are refused with 404.
     models: tuple[str, ...] = ()
+    # Routes other than the gateway's own forwarded to the upstream unchanged, beyond the two always
+    # forwarded (GET /v1/models, POST /v1/embeddings); every other /v1 route is a 404, so that a
+    # caller cannot reach the provider's files, batches or fine-tuning APIs through the gateway.
+    passthrough: tuple[PassthroughRoute, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -86,16 +118,19 @@ class FeedbackConfig:
     confidence: float = field(default=0.95, metadata=check(_confidence))
     # The most one good rating lowers a threshold.
     relax_step: float = field(default=0.005, metadata=check(in_range(0, 1)))
+    # The most one bad rating raises a threshold: no single rating, honest or not, moves a category
+    # far; repeated bad ratings still reach the safe threshold, a step at a time.
+    max_step: float = field(default=0.01, metadata=check(in_range(0, 1, low_open=True)))
     # Ratings kept per category (the most recent), in the store.
     window: int = field(default=1000, metadata=check(in_range(1, 100_000)))
     # Hits remembered (in memory) so that a rating can name the response `id`; older ones can
     # still be rated by entry, which removes a bad entry but cannot move the threshold.
     remember_hits: int = field(default=50_000, metadata=check(in_range(1, 10_000_000)))
-    # Whose ratings move the thresholds, which every tenant shares: "everyone", or only callers of a
-    # tenant listed under `tenants` ("listed_tenants"), so that an unknown key cannot tighten a
-    # category for all. Anyone may still rate their own hits, and a bad rating removes the entry.
-    # Unset: "listed_tenants" when `tenants` lists any, else "everyone".
-    moves_thresholds: Literal["everyone", "listed_tenants"] | None = None
+    # Whose ratings move the thresholds, which every tenant shares: only callers of a tenant listed
+    # under `tenants` ("listed_tenants"), so that an unknown key cannot tighten a category for all,
+    # or "everyone" where every caller is trusted. Anyone may still rate their own hits, and a bad
+    # rating removes the entry.
+    moves_thresholds: Literal["everyone", "listed_tenants"] = "listed_tenants"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -111,6 +146,19 @@ class TenantConfig:
         digest = self.api_key_sha256
         if digest is not None and (len(digest) != 64 or any(c not in "0123456789abcdefABCDEF" for c in digest)):
             raise ValueError(f"tenant {self.name!r}: api_key_sha256 must be 64 hex characters")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientsConfig:
+    """Who may call the gateway. The client keys are the keys listed under `tenants`."""
+
+    # Only callers presenting a listed key are served; any other gets a 401. Unset: on whenever the
+    # gateway calls the upstream with its own key (`upstream.api_key_env`), since otherwise anyone
+    # who reaches the port spends that key; off when each caller's own key is forwarded.
+    require_listed_key: bool | None = None
+    # Serve any caller, with any key or none, although the gateway uses its own upstream key: only
+    # as an explicit choice (e.g. behind a reverse proxy that authenticates callers itself).
+    allow_anonymous: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -136,8 +184,45 @@ class GatewayConfig:
     feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
     # Callers whose key is listed share their tenant's cache; any other key is its own tenant.
     tenants: tuple[TenantConfig, ...] = ()
+    clients: ClientsConfig = field(default_factory=ClientsConfig)
     # Filled by `resolve_secrets`: SHA-256 of an API key → tenant name.
     tenant_by_key_sha256: Mapping[str, str] = field(default_factory=dict, metadata={"secret": True})
+
+    @staticmethod
+    def schema_rules(values: Mapping[str, Any]) -> Iterable[tuple[str, str]]:
+        upstream, clients, tenants = values.get("upstream"), values.get("clients"), values.get("tenants")
+        if upstream is None or clients is None or tenants is None:
+            return ()  # reported where it is wrong
+        return client_problems(upstream, clients, listed=bool(tenants))
+
+    @property
+    def requires_listed_key(self) -> bool:
+        """Whether only callers with a key listed under `tenants` are served."""
+        return requires_listed_key(self.upstream, self.clients)
+
+
+def requires_listed_key(upstream: UpstreamConfig, clients: ClientsConfig) -> bool:
+    if clients.require_listed_key is not None:
+        return clients.require_listed_key
+    return (upstream.api_key_env is not None or upstream.api_key is not None) and not clients.allow_anonymous
+
+
+def client_problems(upstream: UpstreamConfig, clients: ClientsConfig, *, listed: bool) -> list[tuple[str, str]]:
+    """Why these settings would leave the gateway open to anyone or closed to everyone."""
+    if clients.require_listed_key and clients.allow_anonymous:
+        return [("clients", "require_listed_key and allow_anonymous contradict each other: set one")]
+    if requires_listed_key(upstream, clients) and not listed:
+        if clients.require_listed_key:
+            return [("clients.require_listed_key", "no client key is listed: list them under tenants")]
+        return [
+            (
+                "clients",
+                "upstream.api_key_env is set, so the gateway would spend its own key for any caller: list the "
+                "client keys under tenants (api_key_env or api_key_sha256), or set clients.allow_anonymous: "
+                "true to serve anyone who can reach the port",
+            )
+        ]
+    return []
 
 
 def key_digest(api_key: str) -> str:
@@ -177,6 +262,13 @@ def load_config(path: str | Path) -> GatewayConfig:
         config = replace(config, policy=str((here / config.policy).resolve()))
     if config.verifier is not None:
         config = replace(config, verifier=str((here / config.verifier).resolve()))
+    missing = [
+        f"{name}: no such file: {value}"
+        for name, value in (("policy", config.policy), ("verifier", config.verifier))
+        if value is not None and not Path(value).is_file()
+    ]
+    if missing:
+        raise ConfigError(str(path), missing)
     model = Path(config.embedding.model)
     if not model.is_absolute() and (here / model).is_dir():  # a local folder; else a hub name
         config = replace(config, embedding=replace(config.embedding, model=str((here / model).resolve())))

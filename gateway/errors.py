@@ -63,8 +63,7 @@ class ThresholdTooLoose(InvalidRequest):
 
 
 class Unauthorized(ClientFacingError):
-    status_code = 401
-    error_type = "authentication_error"
+    status_code = 401  # OpenAI answers a missing or wrong key with type invalid_request_error
 
 
 class HitNotFound(ClientFacingError):

@@ -3,7 +3,7 @@
     state = ThresholdState()                 # no rating yet: the configured threshold (the floor)
     state = rate(state, Rating(similarity=0.91, good=False), floor=0.85, ceiling=1.0,
                  target_error_rate=0.05, settings=ControllerSettings())
-    state.effective(floor=0.85, ceiling=1.0)   # 0.9101: 0.91 is no longer served
+    state.effective(floor=0.85, ceiling=1.0)   # 0.86: one step (max_step) towards 0.9101
 
 The method. A category keeps its most recent `window` rated semantic hits, each a similarity and
 good/bad; a threshold t would still serve the rated hits with similarity ≥ t, and their error rate
@@ -16,9 +16,10 @@ good/bad; a threshold t would still serve the rated hits with similarity ≥ t, 
   θ* always exists. The grid is 0.0001, the precision of the x-semcache-similarity header: closer
   similarities count as one (the two cosines of one pair of prompts differ in their last bits).
 - A bad rating tightens when the evidence shows a problem at the threshold θ in force: the lower
-  bound of the error rate of the rated hits at or above θ exceeds the target. Then θ ← max(θ, θ*)
-  at once. A first bad rating does (1 bad of 1: the bound is 0.27 at 95 %), so its similarity is
-  not served on the next request.
+  bound of the error rate of the rated hits at or above θ exceeds the target. Then θ moves towards
+  θ* by at most `max_step`: θ ← max(θ, min(θ*, θ + max_step)). A first bad rating does (1 bad of
+  1: the bound is 0.27 at 95 %); while the evidence holds, each further bad rating takes another
+  step, so repeated bad ratings reach θ*.
 - A good rating relaxes by at most `relax_step`, towards θ*: θ ← min(θ, max(θ*, θ - relax_step)).
 - Otherwise θ holds: a good rating never tightens, a bad one never relaxes.
 
@@ -34,7 +35,9 @@ Why this shape:
   disagreed. Tightening on every bad hit that is not yet outweighed (the upper bound alone) drives
   a category whose true error rate is just under the target to the ceiling, where hits, and so the
   ratings that could relax it, all but stop; tightening only when the lower bound is above the
-  target does not, and jumping to θ* once a problem is shown keeps the exposure short.
+  target does not. Moving towards θ* by bounded steps keeps one rating, honest or not, from
+  moving a category far (a single caller, or a mistaken click, cannot switch a category's hits
+  off for everyone); the bad entry itself is removed at once either way.
 - Ratings exist only for hits that were served, at or above the threshold in force then: once
   tightened, the band below is never observed again (the selection bias that vCache answers with
   exploration). Relaxing in small steps is that exploration: each step opens a thin band, its hits
@@ -85,6 +88,8 @@ class ControllerSettings:
     confidence: float = 0.95
     # The most one good rating may lower a threshold.
     relax_step: float = 0.005
+    # The most one bad rating may raise it.
+    max_step: float = 0.01
     # Ratings kept per category, the most recent.
     window: int = 1000
 
@@ -93,6 +98,8 @@ class ControllerSettings:
             raise ValueError(f"confidence must be in [0.5, 1), got {self.confidence!r}")
         if not 0.0 <= self.relax_step <= 1.0:
             raise ValueError(f"relax_step must be in [0, 1], got {self.relax_step!r}")
+        if not 0.0 < self.max_step <= 1.0:
+            raise ValueError(f"max_step must be in (0, 1], got {self.max_step!r}")
         if self.window < 1:
             raise ValueError(f"window must be >= 1, got {self.window!r}")
 
@@ -193,6 +200,7 @@ def rate(
         safe = safe_threshold(ratings, floor=floor, ceiling=ceiling, **bounds)
         moved = min(current, max(safe, current - settings.relax_step))
     elif error_shown_above(ratings, threshold=current, **bounds):
-        moved = max(current, safe_threshold(ratings, floor=floor, ceiling=ceiling, **bounds))
+        safe = safe_threshold(ratings, floor=floor, ceiling=ceiling, **bounds)
+        moved = max(current, min(safe, current + settings.max_step))
     threshold = _clamp(moved, floor, ceiling)
     return ThresholdState(threshold=None if threshold <= floor else threshold, ratings=ratings)

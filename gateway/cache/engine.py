@@ -414,6 +414,8 @@ class CacheEngine:
                 else:
                     await self._indexes[entry.category].add([_index_item(entry)])
                     count += 1
+                    if count % 10_000 == 0:  # a big cache takes minutes: show it is moving
+                        logger.info("index rebuild: %d entries so far", count)
         await self._store.delete(orphans)
         for category in policy.categories:
             await self._evict(self._indexes[category.name], category, room_for=0)

@@ -187,7 +187,10 @@ class Thresholds:
     @classmethod
     def from_config(cls, feedback: FeedbackConfig) -> Thresholds:
         settings = ControllerSettings(
-            confidence=feedback.confidence, relax_step=feedback.relax_step, window=feedback.window
+            confidence=feedback.confidence,
+            relax_step=feedback.relax_step,
+            max_step=feedback.max_step,
+            window=feedback.window,
         )
         return cls(settings, target_error_rate=feedback.target_error_rate)
 

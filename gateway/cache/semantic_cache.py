@@ -171,7 +171,10 @@ class SemanticCache:
         if embedder is None:
             # Loading the model takes seconds: off the event loop.
             model = embedding_model(config, policy)
+            started = time.perf_counter()
+            logger.info("loading the embedding model %s", model)
             embedder = await asyncio.to_thread(SentenceTransformerEmbedder, model, threads=config.embedding.threads)
+            logger.info("embedding model loaded in %.1f s", time.perf_counter() - started)
         elif policy.embedding_model is not None:
             logger.warning(
                 "the policy names embedding model %s; the embedder handed in is used", policy.embedding_model
@@ -239,7 +242,10 @@ class SemanticCache:
             if restored:
                 logger.info("feedback thresholds restored for %d categories", restored)
         try:
-            logger.info("index rebuilt with %d entries", await engine.rebuild_index())
+            started = time.perf_counter()
+            logger.info("rebuilding the index from the store")
+            rebuilt = await engine.rebuild_index()
+            logger.info("index rebuilt with %d entries in %.1f s", rebuilt, time.perf_counter() - started)
         except Exception:  # fail-open boundary: an empty index, traffic still served
             self.metrics.fail_open.labels(stage="rebuild").inc()
             logger.exception("could not rebuild the index from the store")
@@ -356,10 +362,7 @@ class SemanticCache:
             if hit.rated:
                 raise AlreadyRated("this hit was rated already", param="id", code="already_rated")
             hit.rated = True  # before any await: a concurrent second rating is refused
-            moves = self.config.feedback.moves_thresholds
-            if moves is None:
-                moves = "listed_tenants" if self.config.tenant_by_key_sha256 else "everyone"
-            trusted = moves == "everyone" or is_listed(tenant)
+            trusted = self.config.feedback.moves_thresholds == "everyone" or is_listed(tenant)
             similarity = None if hit.exact or not trusted else hit.similarity
             return await engine.rate(entry_id=hit.entry_id, category=hit.category, similarity=similarity,
                                      rating=rating)  # fmt: skip

@@ -1,5 +1,8 @@
-"""Byte-for-byte forwarding of routes the cache does not handle (/v1/embeddings, unknown /v1/*):
-a drop-in proxy must not break endpoints it does not know."""
+"""Byte-for-byte forwarding of the routes the cache does not handle but a client of the gateway
+needs: GET /v1/models (when the config lists none) and POST /v1/embeddings, plus those the config
+allows (`upstream.passthrough`). Any other route is refused: with the gateway's own upstream key,
+forwarding everything would hand every caller the operator's whole provider account (files,
+batches, fine-tuning, deletions)."""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from gateway.config import UpstreamConfig
+from gateway.config import PassthroughRoute, UpstreamConfig
 from gateway.errors import UpstreamError
 
 # Hop-by-hop headers (RFC 9110 §7.6.1) and those httpx recomputes.
@@ -18,6 +21,31 @@ _DROPPED = frozenset(
     {"host", "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade",
      "content-length", "accept-encoding"}
 )  # fmt: skip
+
+
+ALWAYS_FORWARDED = (
+    PassthroughRoute(method="GET", path="/v1/models"),
+    PassthroughRoute(method="POST", path="/v1/embeddings"),
+)
+
+
+def _matches(pattern: str, path: str) -> bool:
+    wanted, given = pattern.split("/"), path.split("/")
+    if any(segment in ("", ".", "..") for segment in given[1:]):
+        return False  # never forward a path the upstream might normalise into another route
+    if wanted[-1] == "**":  # one or more segments: compare the prefix before it
+        if len(given) < len(wanted):
+            return False
+        wanted, given = wanted[:-1], given[: len(wanted) - 1]
+    if len(wanted) != len(given):
+        return False
+    return all(want in ("*", got) for want, got in zip(wanted, given, strict=True))
+
+
+def allowed(routes: tuple[PassthroughRoute, ...], method: str, path: str) -> bool:
+    """Whether `method path` may be forwarded (HEAD wherever GET may)."""
+    method = "GET" if method == "HEAD" else method
+    return any(route.method == method and _matches(route.path, path) for route in (*ALWAYS_FORWARDED, *routes))
 
 
 class Passthrough:

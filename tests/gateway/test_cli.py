@@ -6,13 +6,17 @@ import os
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import httpx
+import pytest
 import yaml
 
+from gateway.app import factory
+from gateway.errors import ConfigError
 from tests.conftest import Upstream
-from tests.servers import free_port
+from tests.servers import free_port, serve
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -43,7 +47,7 @@ def test_invalid_config_lists_every_problem_and_exits_2(tmp_path: Path) -> None:
 
 def test_missing_secret_is_reported_before_serving(tmp_path: Path) -> None:
     config = tmp_path / "config.yaml"
-    config.write_text("upstream:\n  api_key_env: SEMCACHE_TEST_UNSET_KEY\n")
+    config.write_text("upstream:\n  api_key_env: SEMCACHE_TEST_UNSET_KEY\nclients:\n  allow_anonymous: true\n")
     env = {key: value for key, value in os.environ.items() if key != "SEMCACHE_TEST_UNSET_KEY"}
 
     result = subprocess.run(
@@ -53,6 +57,17 @@ def test_missing_secret_is_reported_before_serving(tmp_path: Path) -> None:
 
     assert result.returncode == 2
     assert "SEMCACHE_TEST_UNSET_KEY is not set" in result.stderr
+
+
+def test_the_gateways_own_key_without_client_keys_is_refused_at_start(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("upstream:\n  api_base: https://api.openai.com/v1\n  api_key_env: OPENAI_API_KEY\n")
+
+    result = run_cli("serve", "--config", str(config), env={"OPENAI_API_KEY": "sk-operator"})
+
+    assert result.returncode == 2
+    assert f"semcache: invalid configuration in {config}:" in result.stderr
+    assert "  - clients: upstream.api_key_env is set, so the gateway would spend its own key" in result.stderr
 
 
 def test_serve_runs_the_example_config_against_an_upstream(tmp_path: Path, upstream: Upstream) -> None:
@@ -98,3 +113,88 @@ def test_serve_runs_the_example_config_against_an_upstream(tmp_path: Path, upstr
     # uvicorn shuts down gracefully, then re-raises SIGTERM so the exit status tells how it ended.
     assert process.returncode in (0, -15), output
     assert "Application shutdown complete" in output
+    # What start-up did and how long each step took, instead of seconds of silence.
+    for step in ("imports done in", "embedding model loaded in", "index rebuilt with 0 entries in", "cache open in"):
+        assert step in output, output
+
+
+def test_version_is_the_distributions() -> None:
+    expected = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+
+    result = run_cli("--version")
+
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"semcache {expected}"
+
+
+def test_a_policy_file_with_a_problem_is_reported_like_the_config_not_as_a_traceback(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("categories:\n  - name: default\n    similarity_treshold: 0.9\n")
+    config = tmp_path / "config.yaml"
+    config.write_text(f"policy: {policy.name}\ncache:\n  store: {{path: {tmp_path / 'cache.db'}}}\n")
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"a": "x", "b": "y", "label": 1}\n')
+
+    for args in (("serve", "--config", str(config)), ("calibrate", "--config", str(config), "--pairs", str(pairs))):
+        result = run_cli(*args)
+
+        assert result.returncode == 2, result.stderr
+        assert f"semcache: invalid configuration in {policy}:" in result.stderr
+        assert "categories[0].similarity_treshold: unknown key (did you mean 'similarity_threshold'?)" in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_a_missing_policy_file_or_an_api_base_without_scheme_is_a_config_error(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("policy: missing.yaml\nupstream:\n  api_base: api.openai.com/v1\n")
+
+    result = run_cli("serve", "--config", str(config))
+
+    assert result.returncode == 2
+    assert "upstream.api_base: must be an http:// or https:// URL" in result.stderr
+    assert "Traceback" not in result.stderr
+    config.write_text("policy: missing.yaml\n")
+    result = run_cli("serve", "--config", str(config))
+    assert result.returncode == 2
+    assert f"policy: no such file: {tmp_path / 'missing.yaml'}" in result.stderr
+
+
+def test_the_factory_builds_the_app_from_semcache_config(
+    tmp_path: Path, upstream: Upstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What `SEMCACHE_CONFIG=... uvicorn gateway.app:factory --factory --workers N` runs in each worker."""
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "upstream": {"api_base": f"{upstream.url}/v1", "api_key_env": "SEMCACHE_TEST_UPSTREAM_KEY"},
+                "tenants": [{"name": "team-a", "api_key_env": "SEMCACHE_TEST_CLIENT_KEY"}],
+                "cache": {"store": {"path": str(tmp_path / "cache.db")}},
+            }
+        )
+    )
+    monkeypatch.setenv("SEMCACHE_CONFIG", str(config))
+    monkeypatch.setenv("SEMCACHE_TEST_UPSTREAM_KEY", "sk-upstream")
+    monkeypatch.setenv("SEMCACHE_TEST_CLIENT_KEY", "sk-client")
+
+    with serve(factory()) as running:
+        assert httpx.get(f"{running.url}/readyz", timeout=30).status_code == 200
+        request = {"model": "sim-large", "messages": [{"role": "user", "content": "What is a semantic cache?"}]}
+        refused = httpx.post(f"{running.url}/v1/chat/completions", json=request, timeout=30)
+        served = httpx.post(
+            f"{running.url}/v1/chat/completions", json=request, headers={"authorization": "Bearer sk-client"},
+            timeout=30,
+        )  # fmt: skip
+
+    assert refused.status_code == 401  # the secrets were read: the listed key is the only way in
+    assert served.status_code == 200
+    assert served.headers["x-semcache"] == "miss"
+
+
+def test_the_factory_says_which_variable_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SEMCACHE_CONFIG", raising=False)
+
+    with pytest.raises(ConfigError) as raised:
+        factory()
+
+    assert raised.value.problems == ["SEMCACHE_CONFIG: set it to the path of the gateway's YAML config"]

@@ -221,6 +221,8 @@ def valid_configs(draw: st.DrawFn) -> dict[str, Any]:
         data[name] = {key: draw(fields[key]) for key in draw(st.sets(st.sampled_from(sorted(fields))))}
     if draw(st.booleans()):
         data["tenants"] = draw(st.lists(tenant_entries, max_size=4))
+    if data.get("upstream", {}).get("api_key_env") and not data.get("tenants"):
+        data["clients"] = {"allow_anonymous": True}  # else refused: the gateway's key open to anyone
     return data
 
 
@@ -311,3 +313,71 @@ def test_resolve_secrets_reports_every_missing_variable(monkeypatch: pytest.Monk
         "tenants[2].api_key_env: environment variable TEAM_C_KEY is not set",
     ]
     assert "sk-b" not in str(raised.value)
+
+
+def test_the_gateways_own_upstream_key_needs_listed_client_keys_or_an_explicit_opt_out() -> None:
+    assert problems_of({"upstream": {"api_key_env": "OPENAI_API_KEY"}}) == [
+        "clients: upstream.api_key_env is set, so the gateway would spend its own key for any caller: list the "
+        "client keys under tenants (api_key_env or api_key_sha256), or set clients.allow_anonymous: true to "
+        "serve anyone who can reach the port"
+    ]
+    listed = parse_config(
+        {"upstream": {"api_key_env": "OPENAI_API_KEY"}, "tenants": [{"name": "a", "api_key_env": "A_KEY"}]}
+    )
+    assert listed.requires_listed_key
+    anonymous = parse_config({"upstream": {"api_key_env": "OPENAI_API_KEY"}, "clients": {"allow_anonymous": True}})
+    assert not anonymous.requires_listed_key
+    assert not parse_config({}).requires_listed_key  # each caller's own key is forwarded
+    assert problems_of({"clients": {"require_listed_key": True}}) == [
+        "clients.require_listed_key: no client key is listed: list them under tenants"
+    ]
+    assert problems_of({"clients": {"require_listed_key": True, "allow_anonymous": True}}) == [
+        "clients: require_listed_key and allow_anonymous contradict each other: set one"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        ({"upstream": {"api_base": "api.openai.com/v1"}}, "upstream.api_base: must be an http:// or https:// URL"),
+        ({"upstream": {"api_base": "ftp://example.com/v1"}}, "upstream.api_base: must be an http:// or https:// URL"),
+        (
+            {"upstream": {"passthrough": [{"method": "GET", "path": "/files/*"}]}},
+            "upstream.passthrough[0].path: must be a path under /v1/",
+        ),
+        (
+            {"upstream": {"passthrough": [{"method": "GET", "path": "/v1/files/../x"}]}},
+            "upstream.passthrough[0].path: must be a path under /v1/",
+        ),
+        (
+            {"upstream": {"passthrough": [{"method": "FETCH", "path": "/v1/files/*"}]}},
+            "upstream.passthrough[0].method:",
+        ),
+        ({"feedback": {"max_step": 0}}, "feedback.max_step: must be in (0, 1]"),
+    ],
+)
+def test_upstream_and_feedback_settings_are_checked(data: dict[str, Any], problem: str) -> None:
+    problems = problems_of(data)
+    assert len(problems) == 1
+    assert problems[0].startswith(problem), problems
+
+
+def test_a_policy_or_verifier_file_that_does_not_exist_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("policy: no-such-policy.yaml\nverifier: calib/verifier.json\n")
+
+    with pytest.raises(ConfigError) as raised:
+        load_config(path)
+
+    assert raised.value.source == str(path)
+    assert raised.value.problems == [
+        f"policy: no such file: {tmp_path / 'no-such-policy.yaml'}",
+        f"verifier: no such file: {tmp_path / 'calib' / 'verifier.json'}",
+    ]
+
+
+def test_the_docker_example_config_loads_and_requires_listed_keys() -> None:
+    config = load_config(EXAMPLE.parent / "examples" / "docker-config.yaml")
+
+    assert config.requires_listed_key
+    assert config.server.host == "0.0.0.0"

@@ -1,5 +1,7 @@
-"""The feedback controller: bad ratings tighten a category's threshold at once, good ones relax it
-slowly, always within [floor, ceiling], holding a target error rate among rated hits."""
+"""The feedback controller: bad ratings tighten a category's threshold by bounded steps towards the
+safe threshold, good ones relax it slowly, always within [floor, ceiling], holding a target error
+rate among rated hits. Most tests here lift the step bound (`max_step=1`) to check the rule itself;
+the bound has tests of its own."""
 
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ from hypothesis import strategies as st
 from policies.calibration import precision_lower_bound
 from policies.feedback import ControllerSettings, Rating, ThresholdState, rate, safe_threshold
 
-SETTINGS = ControllerSettings()
+SETTINGS = ControllerSettings(max_step=1.0)
+BOUNDED = ControllerSettings()  # the default step bound: 0.01
 FLOOR = 0.85
 
 
@@ -45,6 +48,40 @@ def test_one_bad_hit_stops_its_similarity_from_being_served() -> None:
 
     assert effective(state) == 0.9101
     assert state.bad == 1
+
+
+def test_one_bad_rating_moves_the_threshold_by_at_most_the_step() -> None:
+    state = rated(ThresholdState(), 0.91, good=False, settings=BOUNDED)
+
+    assert effective(state) == pytest.approx(FLOOR + BOUNDED.max_step)
+
+
+def test_repeated_bad_ratings_still_reach_the_safe_threshold_a_step_at_a_time() -> None:
+    thresholds = [effective(ThresholdState())]
+    state = ThresholdState()
+    for _ in range(20):
+        state = rated(state, 0.91, good=False, settings=BOUNDED)
+        thresholds.append(effective(state))
+
+    steps = [after - before for before, after in itertools.pairwise(thresholds)]
+    assert all(0 <= step <= BOUNDED.max_step + 1e-9 for step in steps)
+    assert thresholds[-1] == 0.9101  # where the unbounded rule jumps at once
+    assert thresholds.index(0.9101) == 7  # 0.85 + 6 steps of 0.01, then the rest of the way
+
+
+@given(
+    max_step=st.floats(min_value=0.001, max_value=1.0),
+    sequence=st.lists(st.tuples(st.floats(0.0, 1.0), st.booleans()), max_size=30),
+)
+def test_no_rating_raises_a_threshold_by_more_than_the_step(
+    max_step: float, sequence: list[tuple[float, bool]]
+) -> None:
+    settings = ControllerSettings(max_step=max_step)
+    state = ThresholdState()
+    for similarity, good in sequence:
+        after = rated(state, similarity, good=good, settings=settings)
+        assert effective(after) - effective(state) <= max_step + 1e-9
+        state = after
 
 
 def test_a_bad_hit_below_the_threshold_in_force_changes_nothing() -> None:
@@ -149,7 +186,7 @@ def test_it_holds_the_target_error_rate_on_a_simulated_stream() -> None:
             continue
         bad = similarity < 0.9 or rng.random() < 0.02
         served.append(bad)
-        state = rated(state, similarity, good=not bad, floor=floor)
+        state = rated(state, similarity, good=not bad, floor=floor, settings=BOUNDED)
 
     assert len(served) > 2000
     assert sum(served) / len(served) <= 0.075

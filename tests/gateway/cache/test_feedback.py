@@ -67,6 +67,17 @@ def paraphrase_hit(gateway: Gateway, *, api_key: str = KEY_A) -> tuple[dict[str,
     return headers, response_id
 
 
+# Most tests here show what ratings do to a threshold when the gateway trusts every caller and lets
+# one rating move it all the way (the rule itself); the defaults (only listed tenants move
+# thresholds, by at most feedback.max_step a rating) have tests of their own.
+TRUSTING = FeedbackConfig(moves_thresholds="everyone", max_step=1.0)
+
+
+@pytest.fixture
+def gateway_config(gateway_config: GatewayConfig) -> GatewayConfig:
+    return replace(gateway_config, feedback=TRUSTING)
+
+
 @pytest.fixture
 def admin_gateway(start_gateway: GatewayFactory) -> Any:
     with start_gateway(admin=AdminConfig(api_key=ADMIN_KEY)) as gateway:
@@ -112,7 +123,7 @@ def test_good_ratings_relax_the_threshold_slowly_and_never_below_the_configured_
 ) -> None:
     # A lenient controller, so that a few ratings make the point: the share of bad ratings (point
     # estimate) may be 30 %, and each good rating lowers the threshold by 0.04 at most.
-    feedback = FeedbackConfig(target_error_rate=0.3, confidence=0.5, relax_step=0.04)
+    feedback = replace(TRUSTING, target_error_rate=0.3, confidence=0.5, relax_step=0.04)
     with start_gateway(feedback=feedback) as gateway:
         _, response_id = paraphrase_hit(gateway)
         tightened = rate(gateway, {"id": response_id, "rating": "bad"}).json()["threshold"]
@@ -381,11 +392,13 @@ def test_a_category_that_leaves_the_policy_takes_its_feedback_with_it(
     asyncio.run(scenario())
 
 
-def test_only_listed_tenants_move_thresholds_when_tenants_are_listed(
+def test_by_default_only_listed_tenants_move_thresholds(
     gateway_config: GatewayConfig, real_embedder: Embedder, clock: FakeClock
 ) -> None:
-    config = replace(  # listed tenants and no `moves_thresholds`: "listed_tenants" by default
-        gateway_config, tenant_by_key_sha256={key_digest("sk-listed"): "team-a"}
+    config = replace(  # no `moves_thresholds`: "listed_tenants"
+        gateway_config,
+        tenant_by_key_sha256={key_digest("sk-listed"): "team-a"},
+        feedback=FeedbackConfig(max_step=1.0),
     )
 
     async def scenario() -> None:
@@ -407,3 +420,26 @@ def test_only_listed_tenants_move_thresholds_when_tenants_are_listed(
                     assert result.threshold == 0.85  # the unknown key's rating left it where it was
 
     asyncio.run(scenario())
+
+
+def test_without_listed_tenants_a_rating_removes_the_hit_but_moves_no_threshold_by_default(
+    start_gateway: GatewayFactory,
+) -> None:
+    with start_gateway(feedback=FeedbackConfig()) as gateway:
+        _, response_id = paraphrase_hit(gateway)
+
+        body = rate(gateway, {"id": response_id, "rating": "bad"}).json()
+
+        assert (body["entry_removed"], body["counted"], body["threshold"]) == (True, False, FLOOR)
+        assert threshold_gauge(gateway) == FLOOR  # one unknown key cannot tighten it for everyone
+
+
+def test_one_bad_rating_moves_a_threshold_by_at_most_max_step(start_gateway: GatewayFactory) -> None:
+    with start_gateway(feedback=FeedbackConfig(moves_thresholds="everyone")) as gateway:
+        headers, response_id = paraphrase_hit(gateway)
+        assert float(headers["x-semcache-similarity"]) > FLOOR + 0.1  # the unbounded rule would jump past it
+
+        body = rate(gateway, {"id": response_id, "rating": "bad"}).json()
+
+        assert body["counted"] is True
+        assert body["threshold"] == pytest.approx(FLOOR + 0.01)

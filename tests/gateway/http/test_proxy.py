@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+from dataclasses import replace
 from typing import Any
 
 import openai
 import pytest
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
 
+from gateway.app import _http_error
 from gateway.config import CacheConfig, EmbeddingConfig, GatewayConfig
 from tests.conftest import Gateway, GatewayFactory, Upstream
 from tests.doubles import BrokenStore, CountingEmbedder, FailingEmbedder, FakeClock, StallingEmbedder
+from tests.servers import free_port
 
 QUESTION = "How do I reverse a list in Python?"
 PARAPHRASE = "python: reverse a list"
@@ -276,6 +283,25 @@ def test_the_gateways_own_paths_refuse_other_methods_instead_of_forwarding(
     assert response.json()["error"]["type"] == "invalid_request_error"
 
 
+def test_readiness_reports_an_unreachable_upstream_without_saying_more(
+    start_gateway: GatewayFactory, gateway_config: GatewayConfig
+) -> None:
+    nowhere = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+    with start_gateway(upstream=replace(gateway_config.upstream, api_base=nowhere)) as gateway, gateway.http() as http:
+        response = http.get("/readyz")
+
+    assert response.status_code == 503
+    assert response.json() == {"status": "not ready", "checks": {"store": "ok", "upstream": "unreachable"}}
+
+
+def test_readiness_names_a_failing_store_but_never_its_exception(start_gateway: GatewayFactory) -> None:
+    with start_gateway(store=BrokenStore()) as gateway, gateway.http() as http:
+        response = http.get("/readyz")
+
+    assert response.status_code == 503
+    assert response.json() == {"status": "not ready", "checks": {"store": "unavailable", "upstream": "ok"}}
+
+
 def test_store_outage_fails_open(start_gateway: GatewayFactory, upstream: Upstream) -> None:
     store = BrokenStore()
     with start_gateway(store=store) as gateway:
@@ -353,3 +379,21 @@ def test_store_holds_the_answer_with_scope_and_expiry(gateway: Gateway, clock: F
     with sqlite3.connect(cache.store.path) as db:
         rows = db.execute("SELECT prompt, created_at, expires_at, embedding IS NOT NULL FROM entries").fetchall()
     assert rows == [(QUESTION, clock.now, clock.now + cache.ttl_s, 1)]
+
+
+@pytest.mark.parametrize(
+    ("status", "error_type"),
+    [(400, "invalid_request_error"), (401, "invalid_request_error"), (413, "invalid_request_error"),
+     (429, "invalid_request_error"), (503, "server_error"), (502, "server_error")],
+)  # fmt: skip
+def test_http_exceptions_keep_their_status_in_an_openai_shaped_body(status: int, error_type: str) -> None:
+    """Starlette's own HTTPExceptions (raised by the framework, not by a route of ours) as clients see them."""
+    request = Request({"type": "http", "method": "POST", "path": "/v1/x", "headers": [], "query_string": b""})
+
+    response = asyncio.run(_http_error(request, HTTPException(status, "what went wrong", headers={"x-a": "1"})))
+
+    assert response.status_code == status
+    assert json.loads(bytes(response.body)) == {
+        "error": {"message": "what went wrong", "type": error_type, "param": None, "code": None}
+    }
+    assert response.headers["x-a"] == "1"

@@ -6,14 +6,16 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from dataclasses import replace
 from typing import Any
 
 import httpx
 import openai
 import pytest
 
+from gateway.config import GatewayConfig, PassthroughRoute
 from gateway.wire.streams import decode_sse
-from tests.conftest import Gateway, Upstream
+from tests.conftest import Gateway, GatewayFactory, Upstream
 
 QUESTION = "How do I reverse a list in Python?"
 PARAPHRASE = "python: reverse a list"
@@ -237,16 +239,21 @@ def test_legacy_completions_are_cached_streamed_and_replayed(gateway: Gateway, u
     assert len(upstream.state.received) == 2
 
 
-def test_embeddings_and_unknown_routes_pass_through_unchanged(gateway: Gateway, upstream: Upstream) -> None:
-    raw = gateway.client(api_key="sk-caller").embeddings.with_raw_response.create(model="sim-embed", input=["a", "bb"])
+def test_embeddings_and_allowed_routes_pass_through_unchanged(
+    start_gateway: GatewayFactory, gateway_config: GatewayConfig
+) -> None:
+    allowed = (PassthroughRoute(method="PUT", path="/v1/files/*"),)  # beyond embeddings, only if configured
+    with start_gateway(upstream=replace(gateway_config.upstream, passthrough=allowed)) as gateway:
+        raw = gateway.client(api_key="sk-caller").embeddings.with_raw_response.create(
+            model="sim-embed", input=["a", "bb"]
+        )
+        with gateway.http() as http:
+            echoed = http.put(
+                "/v1/files/file-1?purpose=test", content=b"raw bytes", headers={"authorization": "Bearer sk-caller"}
+            )
     assert raw.headers["x-semcache"] == "bypass"
     embeddings = raw.parse()
     assert [item.embedding for item in embeddings.data] == [[0.01, 0.0, 1.0], [0.02, 1.0, 1.0]]
-
-    with gateway.http() as http:
-        echoed = http.put(
-            "/v1/files/file-1?purpose=test", content=b"raw bytes", headers={"authorization": "Bearer sk-caller"}
-        )
     assert echoed.status_code == 200
     assert echoed.headers["x-simulated-upstream"] == "echo"
     assert echoed.json() == {
