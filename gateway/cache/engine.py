@@ -306,10 +306,17 @@ class CacheEngine:
         return restored
 
     async def remember(
-        self, key: CacheKey, miss: Miss, *, request: Mapping[str, Any], response: Mapping[str, Any]
+        self,
+        key: CacheKey,
+        miss: Miss,
+        *,
+        request: Mapping[str, Any],
+        response: Mapping[str, Any],
+        ttl_s: float | None = None,
     ) -> bool:
         """Store a complete answer and index it, within its category's quota. Runs after the client
-        has its answer. Returns whether it was stored."""
+        has its answer. Returns whether it was stored. `ttl_s` (a request's own) may only shorten
+        the category's TTL."""
         active = self._active
         if not miss.storable or miss.category is None or miss.category not in active.policy.names:
             return False
@@ -325,7 +332,7 @@ class CacheEngine:
             response=response,
             model=str(request.get("model", "")),
             created_at=now,
-            expires_at=now + category.ttl_s,
+            expires_at=now + (category.ttl_s if ttl_s is None else min(ttl_s, category.ttl_s)),
             category=category.name,
         )
         try:

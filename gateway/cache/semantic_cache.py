@@ -81,6 +81,8 @@ class CacheMiss:
     miss: Miss
     best_similarity: float | None
     reason: str | None
+    # The request's `cache.ttl` (CacheControl.ttl_s): kept no longer than this, nor than the category's ttl_s.
+    ttl_s: float | None = None
 
     @property
     def category(self) -> str | None:
@@ -324,7 +326,7 @@ class SemanticCache:
         parsed = request if isinstance(request, CompletionRequest) else self.parse(request)
         control = control or CacheControl()
         tenant = tenant_for(api_key, self.config.tenant_by_key_sha256)
-        key = cache_key(parsed, tenant=tenant)
+        key = cache_key(parsed, tenant=tenant, namespace=control.namespace)
         if not isinstance(key, CacheKey):
             return NotCacheable(request=parsed, reason=key.reason)
         decision = await self.engine.lookup(
@@ -360,14 +362,17 @@ class SemanticCache:
         else:
             reason = None
         return CacheMiss(
-            request=parsed, key=key, miss=decision, best_similarity=decision.best_similarity, reason=reason
-        )
+            request=parsed, key=key, miss=decision, best_similarity=decision.best_similarity, reason=reason,
+            ttl_s=control.ttl_s,
+        )  # fmt: skip
 
     async def remember(self, miss: CacheMiss, answer: Mapping[str, Any]) -> bool:
         """Store a complete answer (finish_reason stop/length/tool_calls); returns whether it was."""
         if not is_complete(answer):
             return False
-        return await self.engine.remember(miss.key, miss.miss, request=dict(miss.request.body), response=answer)
+        return await self.engine.remember(
+            miss.key, miss.miss, request=dict(miss.request.body), response=answer, ttl_s=miss.ttl_s
+        )
 
     def remember_later(self, miss: CacheMiss, answer: Mapping[str, Any]) -> None:
         """`remember` as a tracked background task, drained when the cache closes."""
