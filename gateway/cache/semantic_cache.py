@@ -83,6 +83,8 @@ class CacheMiss:
     reason: str | None
     # The request's `cache.ttl` (CacheControl.ttl_s): kept no longer than this, nor than the category's ttl_s.
     ttl_s: float | None = None
+    # The request's `cache.namespace`, part of `key.scope`; kept with the stored request (see `remember`).
+    namespace: str | None = None
 
     @property
     def category(self) -> str | None:
@@ -363,16 +365,17 @@ class SemanticCache:
             reason = None
         return CacheMiss(
             request=parsed, key=key, miss=decision, best_similarity=decision.best_similarity, reason=reason,
-            ttl_s=control.ttl_s,
+            ttl_s=control.ttl_s, namespace=control.namespace,
         )  # fmt: skip
 
     async def remember(self, miss: CacheMiss, answer: Mapping[str, Any]) -> bool:
         """Store a complete answer (finish_reason stop/length/tool_calls); returns whether it was."""
         if not is_complete(answer):
             return False
-        return await self.engine.remember(
-            miss.key, miss.miss, request=dict(miss.request.body), response=answer, ttl_s=miss.ttl_s
-        )
+        request = dict(miss.request.body)
+        if miss.namespace is not None:  # `_owned_by` rebuilds the scope from the stored request
+            request["cache"] = {"namespace": miss.namespace}  # answer-neutral: not in the parameters
+        return await self.engine.remember(miss.key, miss.miss, request=request, response=answer, ttl_s=miss.ttl_s)
 
     def remember_later(self, miss: CacheMiss, answer: Mapping[str, Any]) -> None:
         """`remember` as a tracked background task, drained when the cache closes."""
@@ -439,8 +442,10 @@ class SemanticCache:
         """Whether `tenant` is the entry's tenant: its scope, rebuilt from the stored request for
         this tenant, is the entry's own (the scope digest includes the tenant)."""
         endpoint: Endpoint = "chat" if "messages" in entry.request else "text"
+        stored = entry.request.get("cache")
+        namespace = stored.get("namespace") if isinstance(stored, dict) else None
         try:
-            key = cache_key(self.parse(entry.request, endpoint=endpoint), tenant=tenant)
+            key = cache_key(self.parse(entry.request, endpoint=endpoint), tenant=tenant, namespace=namespace)
         except InvalidRequest:
             return False
         return isinstance(key, CacheKey) and key.scope == entry.scope_key
