@@ -72,11 +72,13 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _calibrate(args: argparse.Namespace) -> int:
     from embeddings import SentenceTransformerEmbedder
-    from gateway.cache.semantic_cache import configured_policy, embedding_model
-    from gateway.tools.calibrate import calibrate, read_pairs, report
+    from gateway.cache.semantic_cache import embedding_model
+    from gateway.tools.calibrate import calibrate, calibrated_thresholds, read_pairs, report
+    from gateway.tools.policy_file import policy_source, write_calibrated_policy
 
     config = load_config(args.config)
-    policy = configured_policy(config)
+    source = policy_source(config)
+    policy = source.policy
     pairs = read_pairs(Path(args.pairs))
     print(f"semcache calibrate: {len(pairs)} labelled pairs, {len(policy.names)} categories", file=sys.stderr)
     embedder = SentenceTransformerEmbedder(embedding_model(config, policy), threads=config.embedding.threads)
@@ -88,17 +90,39 @@ def _calibrate(args: argparse.Namespace) -> int:
         confidence=args.confidence,
         progress=lambda message: print(f"  {message}", file=sys.stderr, flush=True),
     )
-    snippet = report(result, target_precision=args.target_precision, confidence=args.confidence)
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "thresholds.yaml").write_text(snippet)
-        if result.verifier_json is not None:
-            (out / "verifier.json").write_text(result.verifier_json)
-        print(f"wrote {out}/thresholds.yaml" + (" and verifier.json" if result.verifier_json else ""), file=sys.stderr)
-    if all(found is None for found in result.thresholds.values()) and result.verifier_json is None:
-        print("not enough evidence for this target: add labelled pairs or lower the target", file=sys.stderr)
+    report(result, target_precision=args.target_precision, confidence=args.confidence)
+    thresholds = calibrated_thresholds(result)
+    if not thresholds and result.verifier_json is None:
+        print(
+            f"semcache calibrate: nothing could be calibrated at precision >= {args.target_precision} "
+            f"({args.confidence:.0%} confidence): no category reaches it and neither does the verifier "
+            "(the best each category allows is above). Add labelled pairs or lower --target-precision; "
+            "nothing was written.",
+            file=sys.stderr,
+        )
         return 1
+    if not args.out:
+        print("(no --out: nothing written; with --out DIR the policy and verifier.json go there)", file=sys.stderr)
+        return 0
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    keys: list[str] = []
+    if thresholds:
+        written = write_calibrated_policy(source, thresholds, out=out / "policy.yaml")
+        for name, why in written.notes.items():
+            print(f"  {name}: {why}", file=sys.stderr)
+        kept = "comments kept" if written.kept_comments else "a plain dump: comments not kept"
+        print(f"wrote {written.path} ({', '.join(sorted(written.applied)) or 'no'} thresholds filled in; {kept})",
+              file=sys.stderr)  # fmt: skip
+        keys.append(f"policy: {written.path.resolve()}")
+    else:
+        print("no category reached the target: no policy written (the config's thresholds stay)", file=sys.stderr)
+    if result.verifier_json is not None:
+        (out / "verifier.json").write_text(result.verifier_json, encoding="utf-8")
+        print(f"wrote {out / 'verifier.json'}", file=sys.stderr)
+        keys.append(f"verifier: {(out / 'verifier.json').resolve()}")
+    print("point the config at them (paths may also be relative to the config file):\n  " + "\n  ".join(keys),
+          file=sys.stderr)  # fmt: skip
     return 0
 
 
@@ -159,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--pairs", required=True, help="JSON lines: a, b, label (0/1) or score (0-5)")
     calibrate.add_argument("--target-precision", type=float, default=0.95)
     calibrate.add_argument("--confidence", type=float, default=0.95, help="of the lower bound on precision")
-    calibrate.add_argument("--out", help="folder for thresholds.yaml and verifier.json")
+    calibrate.add_argument("--out", help="folder for policy.yaml (the policy with the thresholds) and verifier.json")
     calibrate.set_defaults(run=_calibrate)
     tune = commands.add_parser("tune", help="fine-tune the embedding model on labelled pairs")
     tune.add_argument("--pairs", required=True, help="JSON lines: a, b, label (0/1) or score (0-5)")

@@ -25,6 +25,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from statistics import NormalDist
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -101,8 +102,60 @@ def calibrate_threshold(
         raise ValueError("labels must be 0 or 1")
     if not 0.0 < target_precision <= 1.0:
         raise ValueError(f"target_precision must be in (0, 1], got {target_precision!r}")
+    cuts = _cuts(values, truth, confidence)
+    if cuts is None:
+        return None
+    ok = cuts.last_of_tie & (cuts.lower >= target_precision)
+    if not np.any(ok):
+        return None
+    return cuts.result(int(np.flatnonzero(ok)[-1]))
+
+
+def best_reachable(scores: npt.ArrayLike, labels: npt.ArrayLike, *, confidence: float) -> CalibrationResult | None:
+    """The threshold with the highest precision lower bound (the lowest such threshold on a tie):
+    what can be promised from these labels when a target cannot be. None without servable scores
+    or without a single true hit."""
+    values = np.asarray(scores, dtype=np.float64)
+    truth = np.asarray(labels)
+    if values.ndim != 1 or truth.shape != values.shape:
+        raise ValueError(f"scores and labels must be 1-d and of one length, got {values.shape} and {truth.shape}")
+    cuts = _cuts(values, truth, confidence)
+    if cuts is None:
+        return None
+    lower = np.where(cuts.last_of_tie, cuts.lower, -1.0)
+    best = float(lower.max())
+    if best <= 0.0:
+        return None
+    return cuts.result(int(np.flatnonzero(lower == best)[-1]))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Cuts:
+    """Every candidate threshold (the scores, highest first) with what serving from it gives."""
+
+    ranked: npt.NDArray[np.float64]
+    true_hits: npt.NDArray[np.float64]
+    served: npt.NDArray[np.float64]
+    lower: npt.NDArray[np.float64]  # min(Wilson lower bound, point estimate)
+    last_of_tie: npt.NDArray[np.bool_]
+    positives: int
+    n: int
+
+    def result(self, cut: int) -> CalibrationResult:
+        tp, total = int(self.true_hits[cut]), int(self.served[cut])
+        return CalibrationResult(
+            threshold=float(self.ranked[cut]),
+            hit_rate=tp / self.positives if self.positives else 0.0,
+            precision=tp / total,
+            precision_lower_bound=float(self.lower[cut]),
+            n=self.n,
+            true_hits=tp,
+            false_hits=total - tp,
+        )
+
+
+def _cuts(values: npt.NDArray[np.float64], truth: npt.NDArray[Any], confidence: float) -> _Cuts | None:
     z = _z(confidence)
-    positives = int(truth.sum())
     servable = np.isfinite(values)
     order = np.argsort(-values[servable], kind="stable")
     ranked = values[servable][order]
@@ -113,22 +166,9 @@ def calibrate_threshold(
     served = np.arange(1, ranked.size + 1, dtype=np.float64)
     # A threshold serves every tie at its score: only the last of a run of equal scores is a cut.
     last_of_tie = np.append(ranked[1:] != ranked[:-1], True)
-    bounds = _wilson_lower(true_hits, served, z)
-    point = true_hits / served
-    ok = last_of_tie & (np.minimum(bounds, point) >= target_precision)
-    if not np.any(ok):
-        return None
-    cut = int(np.flatnonzero(ok)[-1])
-    tp, total = int(true_hits[cut]), int(served[cut])
-    return CalibrationResult(
-        threshold=float(ranked[cut]),
-        hit_rate=tp / positives if positives else 0.0,
-        precision=tp / total,
-        precision_lower_bound=float(min(bounds[cut], point[cut])),
-        n=int(values.size),
-        true_hits=tp,
-        false_hits=total - tp,
-    )
+    lower = np.minimum(_wilson_lower(true_hits, served, z), true_hits / served)
+    return _Cuts(ranked=ranked, true_hits=true_hits, served=served, lower=lower, last_of_tie=last_of_tie,
+                 positives=int(truth.sum()), n=int(values.size))  # fmt: skip
 
 
 def hit_rate_at(scores: npt.ArrayLike, labels: npt.ArrayLike, threshold: float) -> tuple[float, float, int]:

@@ -361,7 +361,9 @@ class CacheEngine:
             return False
         category = active.policy.category(miss.category)
         now = self._clock()
-        key, request = miss.key, miss.request.body
+        key, request = miss.key, dict(miss.request.body)
+        if key.namespace is not None:  # `_owned_by` rebuilds the scope from the stored request
+            request["cache"] = {"namespace": key.namespace}  # answer-neutral: not in the parameters
         entry = CacheEntry(
             entry_id=uuid.uuid4().hex,
             scope_key=key.scope,

@@ -28,6 +28,9 @@ class CacheKey:
     scope: str
     exact: str
     prompt: str
+    # The request's `cache.namespace`, a part of `scope`; stored with the entry's request so that its
+    # scope can be rebuilt from it (ownership checks).
+    namespace: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -61,18 +64,19 @@ def _digest(value: Any) -> str:
 
 
 def cache_key(request: CompletionRequest, *, tenant: str, namespace: str | None = None) -> CacheKey | Uncacheable:
+    """`namespace` (a request's `cache.namespace`) partitions the scope further, within the tenant:
+    an entry stored in one namespace, or in none, is never served in another."""
     if request.uncacheable is not None or request.prompt is None:
         return Uncacheable(reason=request.uncacheable or "no-prompt")
     parameters = {name: value for name, value in request.body.items() if name not in _ANSWER_NEUTRAL}
-    scope = _digest(
-        {
-            "tenant": tenant,
-            "endpoint": request.endpoint,
-            "parameters": parameters,  # includes "model"
-            "context": list(request.context),
-            # Only present when set, so that keys without a namespace stay what they were.
-            **({} if namespace is None else {"namespace": namespace}),
-        }
-    )
+    scoped: dict[str, Any] = {
+        "tenant": tenant,
+        "endpoint": request.endpoint,
+        "parameters": parameters,  # includes "model"
+        "context": list(request.context),
+    }
+    if namespace is not None:  # absent, not null, without one: the keys of stored entries stay valid
+        scoped["namespace"] = namespace
+    scope = _digest(scoped)
     normalized = normalize_prompt(request.prompt)
-    return CacheKey(scope=scope, exact=_digest([scope, normalized]), prompt=normalized)
+    return CacheKey(scope=scope, exact=_digest([scope, normalized]), prompt=normalized, namespace=namespace)

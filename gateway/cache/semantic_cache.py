@@ -381,8 +381,10 @@ class SemanticCache:
         """Whether `tenant` is the entry's tenant: its scope, rebuilt from the stored request for
         this tenant, is the entry's own (the scope digest includes the tenant)."""
         endpoint: Endpoint = "chat" if "messages" in entry.request else "text"
+        stored = entry.request.get("cache")
+        namespace = stored.get("namespace") if isinstance(stored, dict) else None
         try:
-            key = cache_key(self.parse(entry.request, endpoint=endpoint), tenant=tenant)
+            key = cache_key(self.parse(entry.request, endpoint=endpoint), tenant=tenant, namespace=namespace)
         except InvalidRequest:
             return False
         return isinstance(key, CacheKey) and key.scope == entry.scope_key

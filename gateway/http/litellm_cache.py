@@ -18,7 +18,11 @@ OpenAI response; LiteLLM turns it into a `ModelResponse`, or replays it as a str
 a miss is kept (bounded) until `async_set_cache` brings the complete answer, which LiteLLM does after
 the call — for a stream, once it has assembled the whole stream — so the prompt is embedded once.
 LiteLLM's `cache={"no-cache": True}` / `{"no-store": True}` are honoured by LiteLLM itself;
-`{"s-maxage": N}` becomes the lookup's max age. LiteLLM's `ttl` is ignored: the TTL is the cache's.
+`{"s-maxage": N}` becomes the lookup's max age; `{"ttl": N}` (or the call's `ttl`, which the LiteLLM
+proxy sets from a `Cache-Control: s-maxage=N` header) keeps the answer N seconds, never longer than
+its category's `ttl_s`; `{"namespace": "..."}` (or the metadata's `redis_namespace`, as LiteLLM reads
+it) partitions the scope like the proxy's `cache.namespace`. The values are checked as the proxy
+checks its `cache` object; a bad one fails open (the provider is called, the fault counted).
 
 Tenant (the hard partition of the scope): the caller's API key, as in the proxy. Under the LiteLLM
 proxy that is the caller's virtual key (`user_api_key` in the request metadata, set by the proxy's
@@ -42,6 +46,7 @@ import json
 import logging
 from collections import OrderedDict
 from collections.abc import Mapping
+from dataclasses import replace
 from types import TracebackType
 from typing import Any, Literal
 
@@ -53,7 +58,7 @@ from gateway.cache.serving import Forward, Serving
 from gateway.errors import InvalidRequest, LiteLLMDependencyMissing
 from gateway.upstream import import_litellm
 from gateway.wire import CompletionRequest
-from gateway.wire.cache_control import CacheControl
+from gateway.wire.cache_control import CacheControl, parse_cache_control
 
 # LiteLLM must be imported through `import_litellm` (no price-list download, no telemetry) before
 # any of its modules: this module subclasses LiteLLM's own `BaseCache` and `CustomLogger`.
@@ -176,7 +181,7 @@ class LiteLLMSemanticCache(BaseCache):
     # -- the translation ---------------------------------------------------------------------------
 
     async def _lookup(self, request: CompletionRequest, kwargs: Mapping[str, Any]) -> dict[str, Any] | None:
-        control = CacheControl(max_age_s=_max_age(kwargs.get("cache")))
+        control = _control(kwargs)
         action = await self._serving.serve(request, api_key=self._identity(kwargs), control=control)
         decision = action.decision
         metadata = kwargs.get("metadata")
@@ -196,12 +201,14 @@ class LiteLLMSemanticCache(BaseCache):
 
     async def _remember(self, request: CompletionRequest, answer: dict[str, Any], kwargs: Mapping[str, Any]) -> None:
         identity = self._identity(kwargs)
-        key = cache_key(request, tenant=tenant_for(identity, self.semantic.config.tenant_by_key_sha256))
+        control = _control(kwargs)
+        tenant = tenant_for(identity, self.semantic.config.tenant_by_key_sha256)
+        key = cache_key(request, tenant=tenant, namespace=control.namespace)
         if not isinstance(key, CacheKey):
             return
         pending = self._pending.pop(key.exact, None)
         if pending is None:  # not looked up (LiteLLM's no-cache) or evicted: embed it now
-            found = await self.semantic.lookup(request, api_key=identity, control=CacheControl(lookup=False))
+            found = await self.semantic.lookup(request, api_key=identity, control=replace(control, lookup=False))
             if not isinstance(found, Miss):
                 return
             miss = found
@@ -279,11 +286,20 @@ def _from_metadata(kwargs: Mapping[str, Any], name: str) -> Any:
     return None
 
 
-def _max_age(control: Any) -> float | None:
-    if not isinstance(control, dict):
-        return None
-    value = control.get("s-maxage", control.get("s-max-age"))
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+# The keys of LiteLLM's DynamicCacheControl (and its `use-cache`); anything else there is LiteLLM's.
+_LITELLM_KEYS = frozenset({"ttl", "namespace", "s-maxage", "s-max-age", "no-cache", "no-store", "use-cache"})
+
+
+def _control(kwargs: Mapping[str, Any]) -> CacheControl:
+    """A LiteLLM call's cache control, with LiteLLM's meaning (gateway.wire.cache_control); raises
+    `InvalidRequest` for a bad value. `ttl`: the `cache` dict's, else the call's (LiteLLM's order)."""
+    given = kwargs.get("cache")
+    body = {key: value for key, value in given.items() if key in _LITELLM_KEYS} if isinstance(given, dict) else {}
+    if body.get("ttl") is None and kwargs.get("ttl") is not None:
+        body["ttl"] = kwargs["ttl"]
+    if body.get("namespace") is None and _from_metadata(kwargs, "redis_namespace") is not None:
+        body["namespace"] = _from_metadata(kwargs, "redis_namespace")
+    return parse_cache_control({}, body)
 
 
 def _jsonable(value: Any) -> Any:

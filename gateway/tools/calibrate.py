@@ -9,6 +9,7 @@ fitted on all pairs with out-of-fold calibration. Synchronous: a command-line jo
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -16,11 +17,17 @@ from pathlib import Path
 from typing import TextIO
 
 import numpy as np
-import yaml
 
 from embeddings import EmbeddedText, Embedder
+from gateway.tools.policy_file import threshold_value
 from policies import CategoryClassifier, Policy
-from policies.calibration import CalibrationResult, calibrate_threshold, calibrate_verifier, folds_by_group
+from policies.calibration import (
+    CalibrationResult,
+    best_reachable,
+    calibrate_threshold,
+    calibrate_verifier,
+    folds_by_group,
+)
 from policies.verifier import DEFAULT_VETOES, pair_features
 
 Progress = Callable[[str], None]
@@ -65,6 +72,9 @@ def _embed(embedder: Embedder, texts: Sequence[str], progress: Progress, *, batc
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Calibration:
     thresholds: dict[str, CalibrationResult | None]
+    # For each category whose threshold is None: the best precision lower bound the pairs allow
+    # (None: no pair of it, or not one true hit to serve).
+    best: dict[str, CalibrationResult | None]
     pairs_per_category: dict[str, int]
     verifier_json: str | None
     verifier_result: CalibrationResult | None
@@ -97,6 +107,7 @@ def calibrate(
     labels = np.array([p.same for p in pairs], dtype=bool)
     category = np.array([classifier.classify(p.a, vectors[p.a]).category for p in pairs])
     thresholds: dict[str, CalibrationResult | None] = {}
+    best: dict[str, CalibrationResult | None] = {}
     counts: dict[str, int] = {}
     for name in policy.names:
         if not policy.category(name).cacheable:
@@ -110,6 +121,10 @@ def calibrate(
             if chosen.any()
             else None
         )
+        if thresholds[name] is None:
+            best[name] = (
+                best_reachable(similarity[chosen], labels[chosen], confidence=confidence) if chosen.any() else None
+            )
     progress("fitting the verifier")
     features = np.stack([pair_features(p.b, p.a, s) for p, s in zip(pairs, similarity, strict=True)])
     folds = folds_by_group([(p.a, p.b) for p in pairs], 5, seed=7)
@@ -119,25 +134,42 @@ def calibrate(
     )  # fmt: skip
     return Calibration(
         thresholds=thresholds,
+        best=best,
         pairs_per_category=counts,
         verifier_json=None if fitted is None else fitted[0].to_json(),
         verifier_result=None if fitted is None else fitted[1],
     )
 
 
+def calibrated_thresholds(result: Calibration) -> dict[str, float]:
+    """The categories that got a threshold, and its value."""
+    return {name: found.threshold for name, found in result.thresholds.items() if found is not None}
+
+
 def report(result: Calibration, *, target_precision: float, confidence: float, out: TextIO = sys.stdout) -> str:
-    """Print the policy snippet; returns it."""
+    """Print what was found per category (and, where the target is out of reach, the best that the
+    pairs allow); returns the text."""
     lines = [f"# semcache calibrate: precision >= {target_precision} at {confidence:.0%} confidence (lower bound)"]
-    snippet: dict[str, dict[str, float]] = {}
     for name, found in result.thresholds.items():
         count = result.pairs_per_category[name]
-        if found is None:
-            lines.append(f"# {name}: {count} pairs, no threshold meets the target (keep it strict or add pairs)")
+        if found is not None:
+            lines.append(
+                f"# {name}: {count} pairs; threshold {threshold_value(found.threshold):.4f} serves "
+                f"{found.hit_rate:.1%} of true duplicates at precision {found.precision:.3f} "
+                f"(lower bound {found.precision_lower_bound:.3f})"
+            )
             continue
-        snippet[name] = {"similarity_threshold": round(float(found.threshold), 4)}
+        best = result.best.get(name)
+        if best is None:
+            why = "no pairs" if count == 0 else "no true duplicate among them to serve"
+            lines.append(f"# {name}: {count} pairs, {why}: target not reachable, threshold left as it is")
+            continue
         lines.append(
-            f"# {name}: {count} pairs; threshold {found.threshold:.4f} serves {found.hit_rate:.1%} of true "
-            f"duplicates at precision {found.precision:.3f} (lower bound {found.precision_lower_bound:.3f})"
+            f"# {name}: {count} pairs, target not reachable; the best these pairs allow is precision lower bound "
+            f"{best.precision_lower_bound:.3f} (precision {best.precision:.3f}) at threshold "
+            f"{threshold_value(best.threshold):.4f}, serving {best.hit_rate:.1%} of true duplicates; "
+            f"threshold left as it is (add labelled pairs, or --target-precision "
+            f"{math.floor(best.precision_lower_bound * 1000) / 1000:g})"
         )
     if result.verifier_result is not None:
         found = result.verifier_result
@@ -145,6 +177,8 @@ def report(result: Calibration, *, target_precision: float, confidence: float, o
             f"# verifier: serves {found.hit_rate:.1%} of true duplicates at precision {found.precision:.3f} "
             f"(lower bound {found.precision_lower_bound:.3f}), out of fold"
         )
-    text = "\n".join(lines) + "\n" + yaml.safe_dump({"categories": snippet}, sort_keys=False)
-    print(text, file=out)
+    else:
+        lines.append("# verifier: no acceptance threshold reaches the target out of fold; none written")
+    text = "\n".join(lines) + "\n"
+    print(text, file=out, end="")
     return text

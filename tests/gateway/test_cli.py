@@ -198,3 +198,51 @@ def test_the_factory_says_which_variable_is_missing(monkeypatch: pytest.MonkeyPa
         factory()
 
     assert raised.value.problems == ["SEMCACHE_CONFIG: set it to the path of the gateway's YAML config"]
+
+
+
+
+def write_calibration_inputs(tmp_path: Path) -> tuple[Path, Path]:
+    from tests.gateway.tools.test_calibrate import write_pairs
+
+    write_pairs(tmp_path / "pairs.jsonl")
+    config = tmp_path / "config.yaml"
+    config.write_text("cache:\n  similarity_threshold: 0.99  # strict until calibrated\n  ttl_s: 600\n")
+    return config, tmp_path / "pairs.jsonl"
+
+
+def test_calibrate_writes_a_policy_the_gateway_loads_as_it_is(tmp_path: Path) -> None:
+    from gateway.config import load_config
+    from policies import load_policy
+
+    config, pairs = write_calibration_inputs(tmp_path)
+    out = tmp_path / "calib"
+
+    result = run_cli("calibrate", "--config", str(config), "--pairs", str(pairs), "--target-precision", "0.8",
+                     "--confidence", "0.9", "--out", str(out))  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    policy = load_policy(out / "policy.yaml")
+    assert policy.default.similarity_threshold < 0.99  # calibrated, not the config's
+    assert policy.default.ttl_s == 600  # the rest as the config's cache section had it
+    assert f"policy: {(out / 'policy.yaml').resolve()}" in result.stderr
+    # Pointed at as the message says, the gateway's config loads it.
+    (tmp_path / "calibrated.yaml").write_text(f"policy: {out / 'policy.yaml'}\n")
+    assert load_config(tmp_path / "calibrated.yaml").policy == str((out / "policy.yaml").resolve())
+    if (out / "verifier.json").exists():
+        assert f"verifier: {(out / 'verifier.json').resolve()}" in result.stderr
+
+
+def test_calibrate_at_an_unreachable_target_says_what_is_reachable(tmp_path: Path) -> None:
+    config, pairs = write_calibration_inputs(tmp_path)
+    pairs.write_text("\n".join(pairs.read_text().splitlines()[:6]))
+    out = tmp_path / "calib"
+
+    result = run_cli("calibrate", "--config", str(config), "--pairs", str(pairs), "--out", str(out))
+
+    assert result.returncode == 1
+    assert "target not reachable; the best these pairs allow is precision lower bound" in result.stdout
+    assert "of true duplicates" in result.stdout
+    assert "nothing could be calibrated at precision >= 0.95" in result.stderr
+    assert "nothing was written" in result.stderr
+    assert not (out / "policy.yaml").exists()

@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from policies.calibration import (
+    best_reachable,
     calibrate_threshold,
     calibrate_verifier,
     folds_by_group,
@@ -186,6 +187,24 @@ def test_a_chosen_threshold_meets_the_target_and_is_the_lowest_that_does(
     assert result.precision_lower_bound >= target
     assert result.precision >= result.precision_lower_bound
     assert result.hit_rate == pytest.approx(result.true_hits / labels.sum())
+
+
+@untimed
+@given(examples, targets, confidences)
+def test_the_best_reachable_bound_is_the_highest_and_reachable_as_a_target(
+    rows: list[tuple[float, int]], target: float, confidence: float
+) -> None:
+    scores, labels = split(rows)
+    best = best_reachable(scores, labels, confidence=confidence)
+    met = calibrate_threshold(scores, labels, target_precision=target, confidence=confidence)
+    if best is None:
+        assert met is None
+        return
+    assert met is None or met.precision_lower_bound <= best.precision_lower_bound
+    # A target above the best bound is out of reach; the best bound itself is a reachable target.
+    assert (met is None) == (target > best.precision_lower_bound)
+    found = calibrate_threshold(scores, labels, target_precision=best.precision_lower_bound, confidence=confidence)
+    assert found is not None and found.threshold <= best.threshold
 
 
 @untimed

@@ -443,3 +443,28 @@ def test_one_bad_rating_moves_a_threshold_by_at_most_max_step(start_gateway: Gat
 
         assert body["counted"] is True
         assert body["threshold"] == pytest.approx(FLOOR + 0.01)
+
+
+def test_an_entry_of_a_namespace_can_be_rated_by_its_tenant_after_a_restart(
+    gateway_config: GatewayConfig, real_embedder: Embedder, clock: FakeClock
+) -> None:
+    from gateway import CacheControl
+
+    team = CacheControl(namespace="team-a")
+
+    async def scenario() -> None:
+        async with SemanticCache(gateway_config, embedder=real_embedder, clock=clock) as cache:
+            miss = await cache.lookup(chat(QUESTION), api_key="sk-a", control=team)
+            assert isinstance(miss, CacheMiss)
+            await cache.remember(miss, answer("Use reversed()."))
+            hit = await cache.lookup(chat(PARAPHRASE), api_key="sk-a", control=team)
+            assert isinstance(hit, CacheHit)
+        # Restarted: the served hit is forgotten, so ownership is rebuilt from the stored request.
+        async with SemanticCache(gateway_config, embedder=real_embedder, clock=clock) as cache:
+            with pytest.raises(HitNotFound):
+                await cache.feedback(rating="bad", entry_id=hit.entry_id, api_key="sk-b")
+            result = await cache.feedback(rating="bad", entry_id=hit.entry_id, api_key="sk-a")
+            assert result.entry_removed
+            assert isinstance(await cache.lookup(chat(QUESTION), api_key="sk-a", control=team), CacheMiss)
+
+    asyncio.run(scenario())

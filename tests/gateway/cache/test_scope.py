@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import unicodedata
 from typing import Any
 
@@ -329,3 +330,31 @@ def test_unlisted_keys_are_isolated_tenants_of_their_own(listed: dict[str, str],
 @pytest.mark.parametrize("api_key", [None, ""])
 def test_no_key_is_the_anonymous_tenant(api_key: str | None) -> None:
     assert tenant_for(api_key, {sha("sk-a"): "team-a"}) == "anonymous"
+
+
+namespaces = st.none() | st.text(min_size=1, max_size=128)
+
+
+@untimed
+@given(prompt=prompts, one=namespaces, other=namespaces, tenant=st.sampled_from(["anonymous", "tenant:a"]))
+def test_a_namespace_is_a_partition_of_its_own(prompt: str, one: str | None, other: str | None, tenant: str) -> None:
+    request = parse_chat_request({"model": "m", "messages": [{"role": "user", "content": prompt}]})
+    first = cache_key(request, tenant=tenant, namespace=one)
+    second = cache_key(request, tenant=tenant, namespace=other)
+    assert isinstance(first, CacheKey) and isinstance(second, CacheKey)
+    assert (first.scope == second.scope) == (one == other)
+    assert (first.exact == second.exact) == (one == other)
+    # Within a namespace, tenants stay apart.
+    elsewhere = cache_key(request, tenant="tenant:b", namespace=one)
+    assert isinstance(elsewhere, CacheKey) and elsewhere.scope != first.scope
+
+
+def test_without_a_namespace_the_key_is_what_it_always_was() -> None:
+    # Entries stored before namespaces existed keep their keys: no namespace adds nothing to the digest.
+    request = parse_chat_request({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    assert cache_key(request, tenant="anonymous", namespace=None) == cache_key(request, tenant="anonymous")
+    key = cache_key(request, tenant="anonymous")
+    assert isinstance(key, CacheKey)
+    expected = {"tenant": "anonymous", "endpoint": "chat", "parameters": {"model": "m"}, "context": []}
+    canonical = json.dumps(expected, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    assert key.scope == hashlib.sha256(canonical.encode()).hexdigest()

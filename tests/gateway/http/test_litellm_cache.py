@@ -273,3 +273,28 @@ def test_proxy_headers_callback(litellm: Any) -> None:
         {"x-semcache": "miss"},
         None,
     ]
+
+
+def test_litellm_namespace_partitions_and_ttl_shortens(
+    litellm: Any, upstream: Upstream, semantic: SemanticCache
+) -> None:
+    import sqlite3
+
+    backend = LiteLLMSemanticCache(semantic)
+
+    async def scenario() -> list[bool]:
+        await ask(litellm, upstream, QUESTION, cache={"namespace": "team-a", "ttl": 60})
+        await until_stored(semantic, 1)
+        same = await ask(litellm, upstream, PARAPHRASE, cache={"namespace": "team-a"})
+        other = await ask(litellm, upstream, QUESTION, cache={"namespace": "team-b"})
+        none = await ask(litellm, upstream, QUESTION)
+        await ask(litellm, upstream, OTHER_QUESTION, cache={"ttl": 10**9})
+        await until_stored(semantic, 4)
+        return [hit(same), hit(other), hit(none)]
+
+    assert run(litellm, backend, scenario) == [True, False, False]
+    with sqlite3.connect(semantic.config.cache.store.path) as db:
+        lives = db.execute("SELECT prompt, expires_at - created_at FROM entries").fetchall()
+    assert (QUESTION, 60) in lives  # LiteLLM's `ttl`, in seconds
+    assert (OTHER_QUESTION, semantic.config.cache.ttl_s) in lives  # clamped to the category's
+    assert len(upstream.state.received) == 4

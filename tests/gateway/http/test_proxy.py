@@ -397,3 +397,76 @@ def test_http_exceptions_keep_their_status_in_an_openai_shaped_body(status: int,
         "error": {"message": "what went wrong", "type": error_type, "param": None, "code": None}
     }
     assert response.headers["x-a"] == "1"
+
+
+def test_cache_control_s_maxage_is_the_lookups_max_age(gateway: Gateway, clock: FakeClock) -> None:
+    ask(gateway, QUESTION)
+    gateway.wait_until_stored(1)
+    clock.advance(120)
+
+    assert ask(gateway, PARAPHRASE, extra_headers={"Cache-Control": "s-maxage=60"})[0] == "miss"
+    gateway.wait_until_stored(2)  # the fresh answer to the paraphrase
+    clock.advance(120)
+    assert ask(gateway, QUESTION, extra_body={"cache": {"s-maxage": 60}})[0] == "miss"  # both too old
+    gateway.wait_until_stored(3)
+    clock.advance(120)
+    assert ask(gateway, PARAPHRASE, extra_headers={"Cache-Control": "s-maxage=300"})[0] == "exact"
+
+
+def test_a_namespace_is_served_only_inside_itself(gateway: Gateway, upstream: Upstream) -> None:
+    def in_namespace(prompt: str, namespace: str | None) -> str:
+        cache = {} if namespace is None else {"cache": {"namespace": namespace}}
+        return ask(gateway, prompt, extra_body=cache)[0]
+
+    assert in_namespace(QUESTION, "team-a") == "miss"
+    gateway.wait_until_stored(1)
+
+    assert in_namespace(PARAPHRASE, "team-a") == "hit"
+    assert in_namespace(QUESTION, None) == "miss"  # not in the un-namespaced cache either
+    assert in_namespace(QUESTION, "team-b") == "miss"
+    assert in_namespace(QUESTION, "team-a") == "exact"
+    assert ask(gateway, QUESTION, api_key="sk-other-tenant", extra_body={"cache": {"namespace": "team-a"}})[0] == "miss"
+    assert len(upstream.state.received) == 4
+
+
+def test_a_requests_ttl_shortens_its_entrys_life_and_a_longer_one_is_clamped(
+    gateway: Gateway, clock: FakeClock
+) -> None:
+    import sqlite3
+
+    ask(gateway, QUESTION, extra_body={"cache": {"ttl": 60}})
+    ask(gateway, UNRELATED, extra_body={"cache": {"ttl": 10**9}})
+    gateway.wait_until_stored(2)
+    with sqlite3.connect(gateway.config.cache.store.path) as db:
+        lives = dict(db.execute("SELECT prompt, expires_at - created_at FROM entries").fetchall())
+    assert lives == {QUESTION: 60, UNRELATED: gateway.config.cache.ttl_s}  # never longer than the category's
+
+    clock.advance(59)
+    assert ask(gateway, PARAPHRASE)[0] == "hit"
+    clock.advance(2)
+    assert ask(gateway, PARAPHRASE)[0] == "miss"  # expired at 60 s, not at the category's 3600
+    assert ask(gateway, UNRELATED)[0] == "exact"
+
+
+@pytest.mark.parametrize(
+    ("headers", "cache", "param"),
+    [
+        ({}, {"ttl": 0}, "cache.ttl"),
+        ({}, {"namespace": "x" * 129}, "cache.namespace"),
+        ({}, {"no-cache": "yes"}, "cache.no-cache"),
+        ({"Cache-Control": "s-maxage=-1"}, None, "Cache-Control s-maxage"),
+    ],
+)
+def test_bad_cache_directives_get_openai_style_400(
+    gateway: Gateway, upstream: Upstream, headers: dict[str, str], cache: dict[str, Any] | None, param: str
+) -> None:
+    body: dict[str, Any] = {"model": "sim-large", "messages": [{"role": "user", "content": QUESTION}]}
+    if cache is not None:
+        body["cache"] = cache
+    with gateway.http() as http:
+        response = http.post("/v1/chat/completions", json=body, headers=headers)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert error["param"] == param
+    assert upstream.state.received == []

@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from embeddings import Embedder
-from gateway.tools.calibrate import LabelledPair, calibrate, read_pairs, report
+from gateway.tools.calibrate import LabelledPair, calibrate, calibrated_thresholds, read_pairs, report
+from gateway.tools.policy_file import threshold_value
 from policies import parse_policy
 
 SUBJECTS = ["Python lists", "the French revolution", "sourdough bread", "black holes", "tax returns",
@@ -43,7 +46,8 @@ def test_calibrate_finds_a_threshold_meeting_the_lower_bound(tmp_path: Path, rea
     assert messages  # progress was shown
     with (tmp_path / "out.txt").open("w") as out:
         snippet = report(result, target_precision=0.8, confidence=0.9, out=out)
-    assert "similarity_threshold" in snippet
+    assert f"threshold {threshold_value(found.threshold):.4f} serves {found.hit_rate:.1%}" in snippet
+    assert calibrated_thresholds(result) == {"default": found.threshold}
 
 
 def test_an_impossible_target_gives_no_threshold(tmp_path: Path, real_embedder: Embedder) -> None:
@@ -54,6 +58,33 @@ def test_an_impossible_target_gives_no_threshold(tmp_path: Path, real_embedder: 
         target_precision=0.99, confidence=0.99, progress=lambda _: None,
     )  # fmt: skip
     assert result.thresholds["default"] is None
+    best = result.best["default"]
+    assert best is not None  # what these few pairs can promise instead
+    assert 0 < best.precision_lower_bound < 0.99
+    assert best.hit_rate > 0
+    with (tmp_path / "out.txt").open("w") as out:
+        text = report(result, target_precision=0.99, confidence=0.99, out=out)
+    assert "target not reachable" in text
+    assert f"lower bound {best.precision_lower_bound:.3f}" in text
+    assert f"serving {best.hit_rate:.1%} of true duplicates" in text
+    assert "--target-precision" in text
+
+
+def test_the_best_reachable_threshold_maximises_the_lower_bound() -> None:
+    import numpy as np
+
+    from policies.calibration import best_reachable, calibrate_threshold, precision_lower_bound
+
+    scores = np.array([0.99, 0.98, 0.97, 0.96, 0.95, 0.94, 0.93, 0.92])
+    labels = np.array([1, 1, 0, 1, 1, 1, 0, 0])
+    best = best_reachable(scores, labels, confidence=0.9)
+    assert best is not None
+    cuts = [precision_lower_bound(int(labels[: i + 1].sum()), int((1 - labels[: i + 1]).sum()), 0.9) for i in range(8)]
+    assert best.precision_lower_bound == pytest.approx(max(cuts))
+    assert best.threshold == scores[int(np.argmax(cuts))]
+    # At that bound as the target, the calibration finds a threshold.
+    assert calibrate_threshold(scores, labels, target_precision=best.precision_lower_bound, confidence=0.9)
+    assert best_reachable(scores, np.zeros(8), confidence=0.9) is None  # nothing true to serve
 
 
 def test_a_calibrated_verifier_is_loaded_from_the_config(tmp_path: Path, real_embedder: Embedder) -> None:
