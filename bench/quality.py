@@ -56,6 +56,7 @@ sys.path.insert(0, str(ROOT))
 
 from embeddings import EmbeddedText, Embedder, EmbeddingBatcher, SentenceTransformerEmbedder  # noqa: E402
 from embeddings.batcher import BatcherConfig  # noqa: E402
+from gateway.cache.catalog import Catalog  # noqa: E402
 from gateway.cache.engine import ActivePolicy, CacheEngine, Hit, LookupSettings, Miss  # noqa: E402
 from gateway.cache.scope import CacheKey, normalize_prompt  # noqa: E402
 from gateway.metrics import Metrics  # noqa: E402
@@ -253,10 +254,15 @@ def engine_for(
     verifier: Verifier | None,
     policy: ActivePolicy | None = None,
 ) -> CacheEngine:
+    active = policy if policy is not None else policy_for(threshold)
+    # Not entered: a benchmark needs neither the feed follower nor the periodic hit flush.
+    catalog = Catalog(
+        store=store, dimension=batcher.embedder.dimension, policy=active.policy, metrics=Metrics(), clock=lambda: NOW
+    )
     return CacheEngine(
-        store=store,
+        catalog=catalog,
         batcher=batcher,
-        policy=policy if policy is not None else policy_for(threshold),
+        policy=active,
         settings=LookupSettings(search_k=SEARCH_K),
         metrics=Metrics(),
         clock=lambda: NOW,
@@ -282,7 +288,7 @@ async def fill(
                 assert isinstance(found, Miss)
                 await writer.remember(key(scope, pair.a), found, request={"model": "m"}, response={"id": pair.a})
     finally:
-        writer.close()
+        await writer.catalog.aclose()
 
 
 async def run_config(
@@ -292,14 +298,14 @@ async def run_config(
     threshold = config.threshold if config.threshold is not None else 1.0
     engine = engine_for(store, batcher, threshold, config.verifier, config.policy)
     try:
-        await engine.rebuild_index()
+        await engine.catalog.rebuild()
         started = time.perf_counter()
         per_pair = [await lookup(engine, key(f"pair-{number}", pair.b)) for number, pair in enumerate(pairs)]
         shared = {text: await lookup(engine, key("shared", text)) for text in dict.fromkeys(pair.b for pair in pairs)}
         lookups = len(per_pair) + len(shared)
         return per_pair, shared, (time.perf_counter() - started) / lookups * 1000
     finally:
-        engine.close()
+        await engine.catalog.aclose()
 
 
 async def lookup(engine: CacheEngine, cache_key: CacheKey) -> Served:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from gateway.errors import StoreError
-from gateway.stores import CacheEntry, SqliteStore, Store
+from gateway.stores import CacheEntry, HitTally, SqliteStore, Store
 
 _: Store = SqliteStore.__new__(SqliteStore)
 
@@ -154,9 +154,10 @@ async def test_record_hit_increments_hit_count(db_path: Path) -> None:
     async with SqliteStore(db_path) as store:
         await store.put(make_entry("e1"))
 
-        await store.record_hit("e1", now=NOW + 1)
-        await store.record_hit("e1", now=NOW + 2)
-        await store.record_hit("no-such-entry", now=NOW + 2)
+        await store.record_hits({"e1": HitTally(count=1, last_at=NOW + 1)})
+        await store.record_hits(
+            {"e1": HitTally(count=1, last_at=NOW + 2), "no-such-entry": HitTally(count=1, last_at=NOW + 2)}
+        )
 
         stored = await store.get("e1", now=NOW + 2)
     assert stored is not None
@@ -189,7 +190,7 @@ async def test_data_survives_close_and_reopen(db_path: Path) -> None:
     entry = make_entry("e1")
     async with SqliteStore(db_path) as store:
         await store.put(entry)
-        await store.record_hit("e1", now=NOW)
+        await store.record_hits({"e1": HitTally(count=1, last_at=NOW)})
 
     async with SqliteStore(db_path) as reopened:
         await reopened.ping()
