@@ -19,7 +19,7 @@ import contextlib
 import logging
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -49,6 +49,7 @@ class Catalog:
         clock: Clock,
         index_deadline_s: float = 0.1,
         hit_flush_interval_s: float = 5.0,
+        index_type: type[VectorIndex] = VectorIndex,
     ) -> None:
         self._store = store
         self._dimension = dimension
@@ -57,6 +58,7 @@ class Catalog:
         self._clock = clock
         self._index_deadline_s = index_deadline_s
         self._hit_flush_interval_s = hit_flush_interval_s
+        self._index_type = index_type  # a test peer's subclass, to make an index fail
         self._origin = uuid.uuid4().hex  # this catalog's events, to skip on the feed
         self._indexes = {name: self._new_index() for name in policy.names}
         self._hits: dict[str, HitTally] = {}
@@ -80,12 +82,14 @@ class Catalog:
         return {name: len(index) for name, index in self._indexes.items()}
 
     def _new_index(self) -> VectorIndex:
-        return VectorIndex(self._dimension, deadline_s=self._index_deadline_s)
+        return self._index_type(self._dimension, deadline_s=self._index_deadline_s)
 
     async def __aenter__(self) -> Catalog:
-        # Subscribed now, so that nothing published from here on is missed.
+        # Subscribed here, not when the task first runs, so that nothing published from here on
+        # is missed.
+        feed = self._store.follow()
         self._tasks = [
-            asyncio.create_task(self._follow(), name="catalog-follow"),
+            asyncio.create_task(self._follow(feed), name="catalog-follow"),
             asyncio.create_task(self._flush_periodically(), name="catalog-flush-hits"),
         ]
         return self
@@ -140,8 +144,7 @@ class Catalog:
         except Exception as exc:  # fail-open boundary: this process is consistent either way
             self._fault("publish", exc)
 
-    async def _follow(self) -> None:
-        feed = self._store.follow()
+    async def _follow(self, feed: AsyncIterator[ChangeEvent]) -> None:
         try:
             async for event in feed:
                 if event.origin == self._origin:

@@ -154,8 +154,8 @@ class VectorIndex:
                 return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
         except TimeoutError as exc:
             raise VectorIndexError(f"index {fn.__name__} did not answer within {deadline_s * 1000:g} ms") from exc
-        except RuntimeError as exc:  # the executor is shut down
-            raise VectorIndexError(f"index is closed: {exc}") from exc
+        except RuntimeError as exc:  # hnswlib's errors, and an executor that is shut down
+            raise VectorIndexError(f"index {fn.__name__} failed: {exc}") from exc
 
     async def add(self, items: Sequence[IndexItem]) -> None:
         if items:
