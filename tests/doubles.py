@@ -139,15 +139,26 @@ class BrokenStore:
 
 
 class StallingStore(SqliteStore):
-    """The real SQLite store whose exact lookups hang for `stall_s` first: a store that is up but
-    far too slow (a locked file, an overloaded Redis)."""
+    """The real SQLite store whose reads hang for `stall_s` first: a store that is up but far too
+    slow (a locked file, an overloaded Redis). Writes are not slowed, so a test can fill it."""
 
     def __init__(self, path: str | Path, *, stall_s: float) -> None:
         super().__init__(path)
         self.stall_s = stall_s
         self.stalled = 0
 
-    async def get_exact(self, exact_key: str, *, now: float) -> CacheEntry | None:
+    async def _stall(self) -> None:
         self.stalled += 1
         await asyncio.sleep(self.stall_s)
+
+    async def get_exact(self, exact_key: str, *, now: float) -> CacheEntry | None:
+        await self._stall()
         return await super().get_exact(exact_key, now=now)
+
+    async def get(self, entry_id: str, *, now: float) -> CacheEntry | None:
+        await self._stall()
+        return await super().get(entry_id, now=now)
+
+    async def get_many(self, entry_ids: Sequence[str], *, now: float) -> dict[str, CacheEntry]:
+        await self._stall()
+        return await super().get_many(entry_ids, now=now)
