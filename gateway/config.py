@@ -70,7 +70,7 @@ class CacheConfig:
     search_k: int = field(default=4, metadata=check(in_range(1, 256)))
     # Quota of the one implicit category when no policy file is given.
     max_entries: int = field(default=100_000, metadata=check(positive))
-    # Every index call waits at most this long per 64 entries it handles (a search or one insert:
+    # Every index call waits at most this long per 16 entries it handles (a search or one insert:
     # once); past it the request fails open to a miss, counted in semcache_fail_open_total.
     index_deadline_ms: float = field(default=100.0, metadata=check(in_range(1, 60_000)))
     # Hit counts are kept in memory and written to the store in one batch this often (and at close).

@@ -218,10 +218,12 @@ class CacheEngine:
         fresh = [match for match in matches if match.expires_at > now and match.created_at >= oldest]
         best = fresh[0].similarity if fresh else None
         verifier = self._verifier
+        # Every candidate above the floor in one store round trip.
+        entries = await self._store.get_many([match.entry_id for match in fresh if match.similarity >= floor], now=now)
         for match in fresh:
             if match.similarity < floor:
                 break
-            entry = await self._store.get(match.entry_id, now=now)
+            entry = entries.get(match.entry_id)
             if entry is None:
                 continue
             # Feature extraction is regex work, milliseconds on long prompts: off the event loop.

@@ -39,8 +39,9 @@ T = TypeVar("T")
 # filtered graph walk, which visits most of the graph when the filter admits only a few nodes.
 _EXACT_SEARCH_MAX = 512
 # A call's deadline covers this many entries of work (an insert of one entry or a search: one
-# deadline); a rebuild's page of a thousand gets proportionally longer.
-_ENTRIES_PER_DEADLINE = 64
+# deadline); a rebuild's page of a thousand gets proportionally longer, since an HNSW insert costs
+# up to a few milliseconds on a busy CPU.
+_ENTRIES_PER_DEADLINE = 16
 # Entries weighed per eviction victim once a category is larger than this.
 _EVICTION_SAMPLE = 32
 

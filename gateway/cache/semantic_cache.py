@@ -264,7 +264,13 @@ class SemanticCache:
         # Registered after the store and batcher, so pending writes finish before they close.
         stack.push_async_callback(self.tasks.drain, timeout_s=30.0)
         purger = asyncio.create_task(_purge_periodically(catalog, config.cache.cleanup_interval_s))
-        stack.callback(purger.cancel)
+
+        async def stop_purging() -> None:  # awaited: a purge in flight ends before the catalog closes
+            purger.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await purger
+
+        stack.push_async_callback(stop_purging)
         return engine
 
     async def _restore(self, engine: CacheEngine, catalog: Catalog, embedder: str) -> None:
