@@ -27,7 +27,7 @@ from embeddings import Vector
 from gateway.cache.index import IndexItem, VectorIndex
 from gateway.cache.scope import CacheKey
 from gateway.metrics import Metrics
-from gateway.stores import Added, CacheEntry, ChangeEvent, HitTally, Removed, Store
+from gateway.stores import Added, CacheEntry, ChangeEvent, HitTally, RemovalReason, Removed, Store
 from policies import Category, Policy
 
 logger = logging.getLogger("semcache.catalog")
@@ -160,7 +160,7 @@ class Catalog:
             if closer is not None:
                 await closer()
 
-    def _removed(self, entry_ids: Sequence[str], reason: Any) -> Removed:
+    def _removed(self, entry_ids: Sequence[str], reason: RemovalReason) -> Removed:
         return Removed(entry_ids=tuple(entry_ids), reason=reason, origin=self._origin)
 
     # -- writes -------------------------------------------------------------------------------
@@ -275,13 +275,15 @@ class Catalog:
             return
         try:
             await self._store.record_hits(hits)
-        except Exception as exc:  # fail-open boundary: bookkeeping only
-            self._fault("record_hit", exc)
+        except BaseException as exc:  # cancelled (at close) or failed: kept for the next flush
             for entry_id, tally in hits.items():  # merged with the hits counted meanwhile
                 newer = self._hits.get(entry_id)
                 self._hits[entry_id] = (
                     tally if newer is None else HitTally(count=tally.count + newer.count, last_at=newer.last_at)
                 )
+            if not isinstance(exc, Exception):
+                raise
+            self._fault("record_hit", exc)  # fail-open boundary: bookkeeping only
 
     async def _flush_periodically(self) -> None:
         while True:

@@ -25,7 +25,7 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import hnswlib
 import numpy as np
@@ -125,14 +125,18 @@ class VectorIndex:
         self._expiry: list[tuple[float, str]] = []
         self._sample_size = sample_size
         self._random = random.Random(seed)
+        # Ids of inserts submitted but not yet done (the worker discards them): a removal right
+        # after an insert that missed its deadline must still be queued behind it.
+        self._adding: set[str] = set()
 
     def __len__(self) -> int:
         """Every entry of the index, searchable or not: what counts against the quota."""
         return len(self._by_id)
 
     def holds(self, entry_id: str) -> bool:
-        # A dict lookup from the loop while the worker may insert: atomic under the GIL.
-        return entry_id in self._by_id
+        """Whether the index has the entry or is about to. Lookups from the loop while the worker
+        may insert: atomic under the GIL."""
+        return entry_id in self._by_id or entry_id in self._adding
 
     def close(self) -> None:
         """Stop taking work without waiting for it (which would block the event loop); queued
@@ -145,14 +149,19 @@ class VectorIndex:
             await asyncio.get_running_loop().run_in_executor(self._executor, _nothing)
         self._executor.shutdown(wait=False)
 
-    async def _run(self, fn: Callable[..., T], *args: object, work: int = 1) -> T:
+    async def _run(self, fn: Callable[..., T], *args: object, work: int = 1, write: bool = False) -> T:
         """Run on the index's thread under its deadline, scaled by the entries the call handles.
-        Past it the call is no longer awaited (hnswlib cannot be interrupted): it still runs, in
-        order, before any later call."""
+        Past it the call is no longer awaited (hnswlib cannot be interrupted). A write still runs,
+        in order, before any later call; a read still queued is dropped."""
         deadline_s = self._deadline_s * max(1, math.ceil(work / _ENTRIES_PER_DEADLINE))
         try:
+            future = asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+            # A write is shielded: a deadline must not cancel it while queued, or a removal queued
+            # behind a slow insert would be dropped and the insert's entry left behind. Its
+            # outcome is collected by `_settled` when nobody awaits it any more.
+            future.add_done_callback(_settled)
             async with asyncio.timeout(deadline_s):
-                return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+                return await (asyncio.shield(future) if write else future)
         except TimeoutError as exc:
             raise VectorIndexError(f"index {fn.__name__} did not answer within {deadline_s * 1000:g} ms") from exc
         except RuntimeError as exc:  # hnswlib's errors, and an executor that is shut down
@@ -160,12 +169,13 @@ class VectorIndex:
 
     async def add(self, items: Sequence[IndexItem]) -> None:
         if items:
-            await self._run(self._add, items, work=len(items))
+            self._adding.update(item.entry_id for item in items)
+            await self._run(self._add, items, work=len(items), write=True)
 
     async def remove(self, entry_ids: Iterable[str]) -> None:
         ids = [entry_id for entry_id in entry_ids if self.holds(entry_id)]
         if ids:
-            await self._run(self._remove, ids, work=len(ids))
+            await self._run(self._remove, ids, work=len(ids), write=True)
 
     async def search(self, vector: Vector, *, scope: str, k: int) -> list[Match]:
         """The k nearest entries of this scope, best first (expired ones included: the caller judges)."""
@@ -190,7 +200,7 @@ class VectorIndex:
 
     async def retime(self, *, ttl_s: float) -> None:
         """A changed TTL applies to existing entries: expiry = creation + ttl_s."""
-        await self._run(self._retime, ttl_s, work=len(self))
+        await self._run(self._retime, ttl_s, work=len(self), write=True)
 
     def _victims(self, count: int, now: float) -> list[str]:
         with self._lock:
@@ -251,6 +261,12 @@ class VectorIndex:
             heapq.heapify(self._expiry)
 
     def _add(self, all_items: Sequence[IndexItem]) -> None:
+        try:
+            self._add_all(all_items)
+        finally:
+            self._adding.difference_update(item.entry_id for item in all_items)
+
+    def _add_all(self, all_items: Sequence[IndexItem]) -> None:
         with self._lock:
             self._remove_locked([item.entry_id for item in all_items])
             for item in all_items:
@@ -287,6 +303,7 @@ class VectorIndex:
 
     def _remove_locked(self, entry_ids: list[str]) -> None:
         for entry_id in entry_ids:
+            self._adding.discard(entry_id)  # an insert cancelled before it ran
             self._untrack(entry_id)
             self._plain.pop(entry_id, None)
             label = self._labels.pop(entry_id, None)
@@ -341,6 +358,13 @@ def _slot(item: IndexItem) -> _Slot:
         hits=item.hit_count,
         last_used_at=item.last_used_at if item.last_used_at is not None else item.created_at,
     )
+
+
+def _settled(future: asyncio.Future[Any]) -> None:
+    """Retrieve the outcome of a call whose caller stopped waiting, so asyncio does not report an
+    exception "never retrieved"; the caller was already told (`VectorIndexError`)."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _nothing() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 import zlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -84,6 +85,14 @@ class RefusingIndex(VectorIndex):
         raise RuntimeError("simulated index failure")
 
 
+class SlowIndex(VectorIndex):
+    """A real index whose inserts finish only well after any deadline."""
+
+    def _add(self, all_items: Sequence[IndexItem]) -> None:
+        time.sleep(0.3)
+        super()._add(all_items)
+
+
 class CountingIndex(VectorIndex):
     """A real index that records the size of each insert it was asked for."""
 
@@ -145,6 +154,24 @@ async def test_an_index_failure_takes_the_entry_back_out_of_the_store(tmp_path: 
         assert catalog.index_sizes() == {"default": 0}
     assert metric(metrics, "semcache_fail_open_total", stage="remember") == 1
     assert metric(metrics, "semcache_stored_total") == 0
+
+
+async def test_an_insert_past_its_deadline_is_withdrawn_from_store_and_index(tmp_path: Path, clock: FakeClock) -> None:
+    """The insert still runs after its deadline; the withdrawal is queued behind it, so neither the
+    store nor the index is left with the entry."""
+    metrics = Metrics()
+    async with opened(tmp_path / "c.db", policy(), clock, metrics, index_type=SlowIndex, index_deadline_s=0.01) as (
+        store,
+        catalog,
+    ):
+        assert not await remember(catalog, "hello")
+
+        index = catalog.index("default")
+        assert index is not None
+        await index.aclose()  # every queued call done
+        assert len(index) == 0
+        assert await live_ids(store, clock()) == set()
+    assert metric(metrics, "semcache_fail_open_total", stage="remember") >= 1
 
 
 async def test_a_store_failure_leaves_the_index_untouched(tmp_path: Path, clock: FakeClock) -> None:
