@@ -177,9 +177,6 @@ class Catalog:
     ) -> bool:
         """Store an answer and index it, within its category's quota; `vector` None keeps it
         exact-match only. Returns whether it was stored; a fault is counted, never raised."""
-        index = self._indexes.get(category.name)
-        if index is None:  # the category left the policy while the answer was on its way
-            return False
         now = self._clock()
         entry = CacheEntry(
             entry_id=uuid.uuid4().hex,
@@ -195,6 +192,9 @@ class Catalog:
             category=category.name,
         )
         async with self._write_lock:
+            index = self._indexes.get(category.name)  # under the lock: a reload may have dropped it
+            if index is None:  # the category left the policy while the answer was on its way
+                return False
             try:
                 # Exact-only entries (no vector) count against the quota too: the index keeps them.
                 await self._evict(index, category, room_for=1)
