@@ -49,6 +49,7 @@ sys.path.insert(0, str(ROOT))
 from bench.quality import MemoEmbedder  # noqa: E402
 from embeddings import Embedder, EmbeddingBatcher, SentenceTransformerEmbedder  # noqa: E402
 from embeddings.batcher import BatcherConfig  # noqa: E402
+from gateway.cache.catalog import Catalog  # noqa: E402
 from gateway.cache.decisions import Decision, Hit, Miss  # noqa: E402
 from gateway.cache.engine import ActivePolicy, CacheEngine, LookupSettings  # noqa: E402
 from gateway.cache.scope import CacheKey, cache_key  # noqa: E402
@@ -120,8 +121,16 @@ def engine_for(store: SqliteStore, batcher: EmbeddingBatcher, threshold: float) 
     policy = parse_policy(
         {"categories": [{"name": "default", "similarity_threshold": threshold, "ttl_s": 1e9, "max_entries": 10**7}]}
     )
-    return CacheEngine(
+    # Not entered: a benchmark needs neither the feed follower nor the periodic hit flush.
+    catalog = Catalog(
         store=store,
+        dimension=batcher.embedder.dimension,
+        policy=policy,
+        metrics=Metrics(),
+        clock=lambda: NOW,
+    )
+    return CacheEngine(
+        catalog=catalog,
         batcher=batcher,
         policy=ActivePolicy(policy=policy, classifier=CategoryClassifier(policy, {})),
         settings=LookupSettings(),
@@ -223,7 +232,7 @@ async def measure(
             [*conversations[j].context(), {"role": "user", "content": conversations[i].follow_up}] for i, j in plan
         ]
         hits = await lookups(engine, asked)
-        engine.close()
+        await engine.catalog.aclose()
     result.lookups = len(plan)
     for (i, j), hit in zip(plan, hits, strict=True):
         if hit is None:
@@ -269,7 +278,7 @@ async def naive(
             result.naive_stream_wrong += wrong(i, hit)
             served = conversations[owner[hit.entry.entry_id]].follow_up
             result.naive_examples.append((conversations[i].follow_up, served, hit.similarity))
-        engine.close()
+        await engine.catalog.aclose()
     # Leave-one-out: each follow-up against every other conversation's. All are stored (one entry
     # per distinct text: an identical follow-up of another conversation is served exactly); while
     # conversation i is looked up, its own answer is swapped for another conversation's with the
@@ -289,7 +298,7 @@ async def naive(
             if swapped:
                 own = await engine.store.get_exact(key.exact, now=NOW)
                 assert own is not None
-                await engine.forget(own.entry_id)
+                await engine.catalog.forget(own.entry_id)
                 twins = [k for k, c in enumerate(conversations) if k != i and c.follow_up == conversation.follow_up]
                 twin = twins[0] if twins else None
                 if twin is not None:
@@ -300,7 +309,7 @@ async def naive(
                 result.naive_loo_wrong += wrong(i, decision)
             if swapped:
                 await store_answer(engine, batcher, key, messages, conversation.follow_up_response)  # replaces
-        engine.close()
+        await engine.catalog.aclose()
 
 
 HEADER = [

@@ -55,6 +55,7 @@ sys.path.insert(0, str(ROOT))
 
 from embeddings import EmbeddedText, Embedder, EmbeddingBatcher, SentenceTransformerEmbedder  # noqa: E402
 from embeddings.batcher import BatcherConfig  # noqa: E402
+from gateway.cache.catalog import Catalog  # noqa: E402
 from gateway.cache.decisions import Hit, Miss  # noqa: E402
 from gateway.cache.engine import ActivePolicy, CacheEngine, LookupSettings  # noqa: E402
 from gateway.cache.scope import normalize_prompt  # noqa: E402
@@ -255,10 +256,15 @@ def engine_for(
     verifier: Verifier | None,
     policy: ActivePolicy | None = None,
 ) -> CacheEngine:
+    active = policy if policy is not None else policy_for(threshold)
+    # Not entered: a benchmark needs neither the feed follower nor the periodic hit flush.
+    catalog = Catalog(
+        store=store, dimension=batcher.embedder.dimension, policy=active.policy, metrics=Metrics(), clock=lambda: NOW
+    )
     return CacheEngine(
-        store=store,
+        catalog=catalog,
         batcher=batcher,
-        policy=policy if policy is not None else policy_for(threshold),
+        policy=active,
         settings=LookupSettings(search_k=SEARCH_K),
         metrics=Metrics(),
         clock=lambda: NOW,
@@ -284,7 +290,7 @@ async def fill(
                 if isinstance(found, Miss):  # else a Bypass: its category is not cacheable
                     await writer.remember(found, response={"id": pair.a})
     finally:
-        writer.close()
+        await writer.catalog.aclose()
 
 
 async def run_config(
@@ -294,14 +300,14 @@ async def run_config(
     threshold = config.threshold if config.threshold is not None else 1.0
     engine = engine_for(store, batcher, threshold, config.verifier, config.policy)
     try:
-        await engine.rebuild_index()
+        await engine.catalog.rebuild()
         started = time.perf_counter()
         per_pair = [await lookup(engine, f"pair-{number}", pair.b) for number, pair in enumerate(pairs)]
         shared = {text: await lookup(engine, "shared", text) for text in dict.fromkeys(pair.b for pair in pairs)}
         lookups = len(per_pair) + len(shared)
         return per_pair, shared, (time.perf_counter() - started) / lookups * 1000
     finally:
-        engine.close()
+        await engine.catalog.aclose()
 
 
 async def lookup(engine: CacheEngine, scope: str, prompt: str) -> Served:

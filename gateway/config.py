@@ -87,6 +87,9 @@ class EmbeddingConfig:
 class StoreConfig:
     kind: Literal["sqlite"] = "sqlite"
     path: str = "semcache.db"
+    # Every store call (each page of a scan too) waits at most this long; past it the request
+    # fails open to a miss, counted in semcache_fail_open_total.
+    deadline_ms: float = field(default=250.0, metadata=check(in_range(1, 60_000)))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -99,6 +102,11 @@ class CacheConfig:
     search_k: int = field(default=4, metadata=check(in_range(1, 256)))
     # Quota of the one implicit category when no policy file is given.
     max_entries: int = field(default=100_000, metadata=check(positive))
+    # Every index call waits at most this long per 16 entries it handles (a search or one insert:
+    # once); past it the request fails open to a miss, counted in semcache_fail_open_total.
+    index_deadline_ms: float = field(default=100.0, metadata=check(in_range(1, 60_000)))
+    # Hit counts are kept in memory and written to the store in one batch this often (and at close).
+    hit_flush_interval_s: float = field(default=5.0, metadata=check(in_range(0.01, 3600)))
 
 
 def _confidence(value: Any) -> str | None:

@@ -15,7 +15,8 @@ errors never reach a client (the engine turns them into a miss and counts them).
     │   ├── ServiceUnavailable        503
     │   └── UpstreamError             the upstream's own status (429 stays 429)
     ├── CacheError                    never shown to a client: the request fails open
-    │   └── StoreError
+    │   ├── StoreError                the document store failed or missed its deadline
+    │   └── VectorIndexError          an in-memory index failed or missed its deadline
     ├── ConfigError                   every problem of a config file, each with its YAML path
     └── LiteLLMDependencyMissing      LiteLLM's cache-hit path cannot be imported
 
@@ -116,7 +117,11 @@ class CacheError(GatewayError):
 
 
 class StoreError(CacheError):
-    """The document store failed."""
+    """The document store failed, or did not answer within `cache.store.deadline_ms`."""
+
+
+class VectorIndexError(CacheError):
+    """An in-memory vector index failed, or did not answer within `cache.index_deadline_ms`."""
 
 
 class ConfigError(GatewayError):

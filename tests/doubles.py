@@ -3,15 +3,17 @@ count, stall or fail on purpose. They wrap the real parts rather than replace th
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from embeddings import EmbeddedText, Embedder
 from gateway.errors import StoreError
-from gateway.stores import CacheEntry
+from gateway.stores import CacheEntry, ChangeEvent, HitTally, LocalFeed, SqliteStore
 
 
 @dataclass(slots=True)
@@ -85,10 +87,13 @@ class BrokenStore:
     async def get(self, entry_id: str, *, now: float) -> CacheEntry | None:
         raise self._fail()
 
+    async def get_many(self, entry_ids: Sequence[str], *, now: float) -> dict[str, CacheEntry]:
+        raise self._fail()
+
     async def get_exact(self, exact_key: str, *, now: float) -> CacheEntry | None:
         raise self._fail()
 
-    async def record_hit(self, entry_id: str, *, now: float) -> None:
+    async def record_hits(self, hits: Mapping[str, HitTally]) -> None:
         raise self._fail()
 
     async def purge_expired(self, *, now: float) -> list[str]:
@@ -98,7 +103,7 @@ class BrokenStore:
         raise self._fail()
         yield []  # makes this an async generator, like the real stores
 
-    async def delete(self, entry_ids: list[str]) -> None:
+    async def delete(self, entry_ids: Sequence[str]) -> list[str]:
         raise self._fail()
 
     async def delete_category(self, category: str) -> list[str]:
@@ -116,5 +121,44 @@ class BrokenStore:
     async def feedback_states(self) -> dict[str, Mapping[str, Any]]:
         raise self._fail()
 
+    async def append_observation(self, entry_id: str, record: Mapping[str, Any]) -> None:
+        raise self._fail()
+
+    async def observations(self, entry_id: str) -> list[Mapping[str, Any]]:
+        raise self._fail()
+
+    async def publish(self, events: Sequence[ChangeEvent]) -> None:
+        raise self._fail()
+
+    def follow(self) -> AsyncIterator[ChangeEvent]:
+        # A feed that never delivers: the outage is in the store's calls, not the subscription.
+        return LocalFeed().follow()
+
     async def ping(self) -> None:
         raise self._fail()
+
+
+class StallingStore(SqliteStore):
+    """The real SQLite store whose reads hang for `stall_s` first: a store that is up but far too
+    slow (a locked file, an overloaded Redis). Writes are not slowed, so a test can fill it."""
+
+    def __init__(self, path: str | Path, *, stall_s: float) -> None:
+        super().__init__(path)
+        self.stall_s = stall_s
+        self.stalled = 0
+
+    async def _stall(self) -> None:
+        self.stalled += 1
+        await asyncio.sleep(self.stall_s)
+
+    async def get_exact(self, exact_key: str, *, now: float) -> CacheEntry | None:
+        await self._stall()
+        return await super().get_exact(exact_key, now=now)
+
+    async def get(self, entry_id: str, *, now: float) -> CacheEntry | None:
+        await self._stall()
+        return await super().get(entry_id, now=now)
+
+    async def get_many(self, entry_ids: Sequence[str], *, now: float) -> dict[str, CacheEntry]:
+        await self._stall()
+        return await super().get_many(entry_ids, now=now)

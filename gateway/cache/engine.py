@@ -1,5 +1,5 @@
 """The cache decision: exact match, then embed, classify and search the category's index; hit or
-miss; and remembering answers under the category's TTL and quota.
+miss; and whether (and for how long) an answer is remembered. The catalog does the writing.
 
 Every fault of the store, index or embedder becomes a miss here (fail open): it is logged and
 counted, and never reaches the client.
@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from embeddings import EmbedderError, EmbeddingBatcher, Vector
+from gateway.cache.catalog import Catalog
 from gateway.cache.decisions import Bypass, Candidate, Decision, Hit, Miss, NearMiss
 from gateway.cache.feedback import FeedbackResult, RatingValue, Thresholds, state_document, state_from_document
-from gateway.cache.index import IndexItem, VectorIndex
 from gateway.cache.scope import CacheKey, cache_key
 from gateway.config import FeedbackConfig
 from gateway.errors import ThresholdTooLoose
@@ -72,7 +71,7 @@ class CacheEngine:
     def __init__(
         self,
         *,
-        store: Store,
+        catalog: Catalog,
         batcher: EmbeddingBatcher,
         policy: ActivePolicy,
         settings: LookupSettings,
@@ -81,7 +80,8 @@ class CacheEngine:
         verifier: Verifier | None = None,
         thresholds: Thresholds | None = None,
     ) -> None:
-        self._store = store
+        self._catalog = catalog
+        self._store = catalog.store
         self._batcher = batcher
         self._active = policy
         self._settings = settings
@@ -89,18 +89,21 @@ class CacheEngine:
         self._clock = clock
         self._verifier = verifier
         self._thresholds = thresholds or Thresholds.from_config(FeedbackConfig())
-        self._indexes = {name: VectorIndex(batcher.embedder.dimension) for name in policy.policy.names}
 
     @property
     def store(self) -> Store:
         return self._store
 
     @property
+    def catalog(self) -> Catalog:
+        return self._catalog
+
+    @property
     def policy(self) -> Policy:
         return self._active.policy
 
     def index_sizes(self) -> dict[str, int]:
-        return {name: len(index) for name, index in self._indexes.items()}
+        return self._catalog.index_sizes()
 
     def _floor(self, category: Category) -> float:
         """Below this similarity nothing is served: the category's threshold or, with a verifier,
@@ -124,10 +127,6 @@ class CacheEngine:
             "floor": bounds.floor,
             "max_threshold": bounds.ceiling,
         }
-
-    def close(self) -> None:
-        for index in self._indexes.values():
-            index.close()
 
     def _fault(self, stage: str, exc: BaseException) -> None:
         self._metrics.fail_open.labels(stage=stage).inc()
@@ -209,15 +208,19 @@ class CacheEngine:
         """Without a verifier the threshold in force decides; with one, candidates from its floor up
         are judged by it, even far above it: the classic false hits sit at high similarity. Those it
         refuses, and those in the near-miss band, are the near miss's candidates."""
-        index = self._indexes[category.name]
+        index = self._catalog.index(category.name)
+        if index is None:  # the category left the policy during this lookup: not stored either
+            return self._miss(request, key, None, None, vector=vector, reason="policy-reloaded")
         matches = await index.search(vector, scope=key.scope, k=self._settings.search_k)
         fresh = [match for match in matches if match.expires_at > now and match.created_at >= oldest]
         best = fresh[0].similarity if fresh else None
         floor = rules.hit_threshold if rules.near_miss_floor is None else rules.near_miss_floor
         wanted = [match for match in fresh if match.similarity >= floor]
+        # Every candidate above the floor in one store round trip.
+        entries = await self._store.get_many([match.entry_id for match in wanted], now=now)
         candidates: list[Candidate] = []
         for match in wanted:
-            entry = await self._store.get(match.entry_id, now=now)
+            entry = entries.get(match.entry_id)
             if entry is None:
                 continue
             if rules.is_hit(match.similarity) and await self._verified(key.prompt, entry, match.similarity):
@@ -278,40 +281,16 @@ class CacheEngine:
     def _bypass(request: CompletionRequest, reason: str, category: str | None = None) -> Bypass:
         return Bypass(request=request, reason=reason, category=category)
 
-    async def record_hit(self, hit: Hit) -> None:
-        now = self._clock()
-        try:
-            await self._store.record_hit(hit.entry.entry_id, now=now)
-            index = self._indexes.get(hit.category)
-            if index is not None:
-                await index.touch(hit.entry.entry_id, now=now)
-        except Exception as exc:  # fail-open boundary: bookkeeping only
-            self._fault("record_hit", exc)
-
     async def entry(self, entry_id: str) -> CacheEntry | None:
         """A live entry by id (raises `StoreError` when the store fails)."""
         return await self._store.get(entry_id, now=self._clock())
-
-    async def forget(self, entry_id: str) -> bool:
-        """Stop serving an entry (a bad rating): out of the store and the index. Returns whether
-        it was there; a store fault is counted and reported as not removed."""
-        # Out of the indexes first: whatever the store does next, it is no longer searched.
-        for index in self._indexes.values():
-            await index.remove([entry_id])
-        try:
-            existed = await self._store.get(entry_id, now=self._clock()) is not None
-            await self._store.delete([entry_id])
-        except Exception as exc:  # fail-open boundary: the rating still counts
-            self._fault("feedback", exc)
-            return False
-        return existed
 
     async def rate(
         self, *, entry_id: str, category: str, similarity: float | None, rating: RatingValue
     ) -> FeedbackResult:
         """Apply a rating of a hit served from `entry_id`: a bad one removes the entry; a rated
         semantic hit (`similarity` known) moves its category's threshold."""
-        removed = await self.forget(entry_id) if rating == "bad" else False
+        removed = await self._catalog.forget(entry_id) if rating == "bad" else False
         policy = self._active.policy
         if category not in policy.names:  # it left the policy since: nothing to adjust
             return FeedbackResult(entry_id=entry_id, rating=rating, category=category, similarity=similarity,
@@ -360,95 +339,23 @@ class CacheEngine:
         if miss.category is None or miss.rules is None or miss.category not in active.policy.names:
             return False
         category = active.policy.category(miss.category)
-        now = self._clock()
         key, request = miss.key, dict(miss.request.body)
         if key.namespace is not None:  # `_owned_by` rebuilds the scope from the stored request
             request["cache"] = {"namespace": key.namespace}  # answer-neutral: not in the parameters
-        entry = CacheEntry(
-            entry_id=uuid.uuid4().hex,
-            scope_key=key.scope,
-            exact_key=key.exact,
-            prompt=key.prompt,
-            embedding=miss.vector,
-            request=request,
-            response=response,
-            model=str(request.get("model", "")),
-            created_at=now,
-            expires_at=now + miss.rules.ttl_s,
-            category=category.name,
+        return await self._catalog.remember(
+            key, vector=miss.vector, category=category, request=request, response=response, ttl_s=miss.rules.ttl_s
         )
-        try:
-            replaced = await self._store.put(entry)
-            for index in self._indexes.values():
-                await index.remove(replaced)
-            # Exact-only entries (no vector) count against the quota too: the index keeps them.
-            index = self._indexes[category.name]
-            await self._evict(index, category, room_for=1)
-            await index.add([_index_item(entry)])
-        except Exception as exc:  # fail-open boundary: the client has its answer already
-            self._fault("remember", exc)
-            return False
-        self._metrics.stored.inc()
-        return True
-
-    async def _evict(self, index: VectorIndex, category: Category, *, room_for: int) -> None:
-        """Keep the category within its quota: expired entries go first, then the least valuable."""
-        excess = len(index) + room_for - category.max_entries
-        if excess <= 0:
-            return
-        victims = await index.victims(excess, now=self._clock())
-        await self._store.delete(victims)
-        await index.remove(victims)
-        self._metrics.evicted.labels(category=category.name).inc(len(victims))
-
-    async def rebuild_index(self) -> int:
-        """Load every live entry of the store into the (empty) indexes; entries of categories the
-        policy no longer has are dropped, and current TTLs are applied. Returns how many were loaded."""
-        policy = self._active.policy
-        for category in policy.categories:
-            await self._store.retime_category(category.name, ttl_s=category.ttl_s)
-        count = 0
-        orphans: list[str] = []
-        async for page in self._store.scan_live(now=self._clock()):
-            for entry in page:
-                if entry.category not in self._indexes:
-                    orphans.append(entry.entry_id)
-                else:
-                    await self._indexes[entry.category].add([_index_item(entry)])
-                    count += 1
-                    if count % 10_000 == 0:  # a big cache takes minutes: show it is moving
-                        logger.info("index rebuild: %d entries so far", count)
-        await self._store.delete(orphans)
-        for category in policy.categories:
-            await self._evict(self._indexes[category.name], category, room_for=0)
-        return count
 
     async def apply_policy(self, new: ActivePolicy) -> dict[str, int]:
-        """Switch to a reloaded policy without dropping the cache: entries of removed categories
-        are dropped, changed TTLs apply to existing entries, lowered quotas evict. Returns how many
-        entries were dropped per removed category."""
+        """Switch to a reloaded policy without dropping the cache (the catalog drops removed
+        categories, retimes and evicts). Returns how many entries were dropped per removed category."""
         old_names = set(self._active.policy.names)
-        dropped: dict[str, int] = {}
-        for category in new.policy.categories:
-            if category.name not in self._indexes:
-                self._indexes[category.name] = VectorIndex(self._batcher.embedder.dimension)
-            if category.name in old_names and self._active.policy.category(category.name).ttl_s != category.ttl_s:
-                await self._store.retime_category(category.name, ttl_s=category.ttl_s)
-                await self._indexes[category.name].retime(ttl_s=category.ttl_s)
+        # The indexes of new categories exist before a lookup can classify into them.
+        dropped = await self._catalog.apply_policy(new.policy)
         self._active = new
         for name in old_names - set(new.policy.names):
-            dropped[name] = len(await self._store.delete_category(name))
-            self._indexes.pop(name).close()
             self._thresholds.drop(name)
-        for category in new.policy.categories:
-            await self._evict(self._indexes[category.name], category, room_for=0)
         return dropped
-
-    async def purge_expired(self) -> int:
-        expired = await self._store.purge_expired(now=self._clock())
-        for index in self._indexes.values():
-            await index.remove(expired)
-        return len(expired)
 
 
 def _check_threshold(threshold: float | None, category: Category) -> None:
@@ -459,15 +366,3 @@ def _check_threshold(threshold: float | None, category: Category) -> None:
             param="x-semcache-threshold",
             code="threshold_too_loose",
         )
-
-
-def _index_item(entry: CacheEntry) -> IndexItem:
-    return IndexItem(
-        entry_id=entry.entry_id,
-        scope=entry.scope_key,
-        vector=entry.embedding,
-        created_at=entry.created_at,
-        expires_at=entry.expires_at,
-        hit_count=entry.hit_count,
-        last_used_at=entry.last_used_at,
-    )

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from embeddings import BatcherConfig, Embedder, EmbeddingBatcher, SentenceTransformerEmbedder
+from gateway.cache.catalog import Catalog
 from gateway.cache.decisions import Bypass, Decision, Hit, Miss
 from gateway.cache.engine import ActivePolicy, CacheEngine, Clock, LookupSettings
 from gateway.cache.feedback import (
@@ -40,7 +41,7 @@ from gateway.cache.tasks import TaskTracker
 from gateway.config import GatewayConfig
 from gateway.errors import AlreadyRated, ConfigError, HitNotFound, InvalidRequest, ServiceUnavailable
 from gateway.metrics import Metrics
-from gateway.stores import CacheEntry, SqliteStore, Store
+from gateway.stores import CacheEntry, DeadlineStore, Store, open_store
 from gateway.wire import (
     CompletionRequest,
     Endpoint,
@@ -94,11 +95,11 @@ def configured_policy(config: GatewayConfig) -> Policy:
     return load_policy(config.policy) if config.policy is not None else implied_policy(config)
 
 
-async def _purge_periodically(engine: CacheEngine, interval_s: float) -> None:
+async def _purge_periodically(catalog: Catalog, interval_s: float) -> None:
     while True:
         await asyncio.sleep(interval_s)
         try:
-            purged = await engine.purge_expired()
+            purged = await catalog.purge_expired()
         except Exception as exc:  # fail-open boundary: the next round tries again
             logger.warning("purging expired entries failed: %s", exc)
             continue
@@ -181,7 +182,9 @@ class SemanticCache:
             )
         store = self._store
         if store is None:
-            store = await stack.enter_async_context(SqliteStore(config.cache.store.path))
+            store = await stack.enter_async_context(open_store(config.cache.store))
+        # Every store call, a store handed in included, under the one deadline.
+        store = DeadlineStore(store, deadline_s=config.cache.store.deadline_ms / 1000)
         batching = config.embedding
         batcher = await stack.enter_async_context(
             EmbeddingBatcher(
@@ -202,31 +205,49 @@ class SemanticCache:
             except (OSError, VerifierError) as exc:
                 raise ConfigError(config.verifier, [f"verifier: {exc}"]) from exc
         thresholds = Thresholds.from_config(config.feedback)
+        active = await self._activate(policy)
+        # Entered after the store and batcher: it closes (flushing hit counts) before they do.
+        catalog = await stack.enter_async_context(
+            Catalog(
+                store=store,
+                dimension=batcher.embedder.dimension,
+                policy=policy,
+                metrics=self.metrics,
+                clock=self._clock,
+                index_deadline_s=config.cache.index_deadline_ms / 1000,
+                hit_flush_interval_s=config.cache.hit_flush_interval_s,
+            )
+        )
         engine = CacheEngine(
-            store=store,
+            catalog=catalog,
             batcher=batcher,
-            policy=await self._activate(policy),
+            policy=active,
             settings=LookupSettings(search_k=config.cache.search_k),
             metrics=self.metrics,
             clock=self._clock,
             verifier=self._verifier,
             thresholds=thresholds,
         )
-        stack.callback(engine.close)
         stack.callback(self.metrics.watch_thresholds(engine.thresholds))
-        await self._restore(engine, store, batcher.embedder.name)
+        await self._restore(engine, catalog, batcher.embedder.name)
         # Registered after the store and batcher, so pending writes finish before they close.
         stack.push_async_callback(self.tasks.drain, timeout_s=30.0)
-        purger = asyncio.create_task(_purge_periodically(engine, config.cache.cleanup_interval_s))
-        stack.callback(purger.cancel)
+        purger = asyncio.create_task(_purge_periodically(catalog, config.cache.cleanup_interval_s))
+
+        async def stop_purging() -> None:  # awaited: a purge in flight ends before the catalog closes
+            purger.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await purger
+
+        stack.push_async_callback(stop_purging)
         return engine
 
-    async def _restore(self, engine: CacheEngine, store: Store, embedder: str) -> None:
+    async def _restore(self, engine: CacheEngine, catalog: Catalog, embedder: str) -> None:
         """Reload what the store kept, each step failing open on its own: the index even when the
         feedback state is unreadable. Vectors and thresholds of another embedding model mean nothing
         here, so the store drops them first; when it cannot say whose they are, nothing is loaded."""
         try:
-            dropped = await store.adopt_embedder(embedder)
+            dropped = await catalog.store.adopt_embedder(embedder)
         except Exception:  # fail-open boundary: start empty rather than search unknown vectors
             self.metrics.fail_open.labels(stage="rebuild").inc()
             logger.exception("could not tell which model embedded the store's entries; starting empty")
@@ -244,7 +265,7 @@ class SemanticCache:
         try:
             started = time.perf_counter()
             logger.info("rebuilding the index from the store")
-            rebuilt = await engine.rebuild_index()
+            rebuilt = await catalog.rebuild()
             logger.info("index rebuilt with %d entries in %.1f s", rebuilt, time.perf_counter() - started)
         except Exception:  # fail-open boundary: an empty index, traffic still served
             self.metrics.fail_open.labels(stage="rebuild").inc()
@@ -300,7 +321,7 @@ class SemanticCache:
         tenant = tenant_for(api_key, self.config.tenant_by_key_sha256)
         decision = await self.engine.lookup(parsed, tenant=tenant, control=control or CacheControl())
         if isinstance(decision, Hit):
-            self.tasks.spawn(self.engine.record_hit(decision), name="record-hit")
+            self.engine.catalog.note_hit(decision.entry_id, decision.category)
             self._served.add(
                 ServedHit(
                     response_id=str(decision.answer["id"]),

@@ -1,6 +1,41 @@
-"""Document stores: the `Store` protocol and its backends."""
+"""Document stores: the protocols (entries, state, change feed, admin), their backends, and the
+deadline every call runs under."""
 
-from gateway.stores.base import FORMAT_VERSION, CacheEntry, Store
+from gateway.stores.backends import BACKENDS, open_store
+from gateway.stores.base import (
+    FORMAT_VERSION,
+    Added,
+    AdminStore,
+    CacheEntry,
+    ChangeEvent,
+    ChangeFeed,
+    EntryStore,
+    HitTally,
+    RemovalReason,
+    Removed,
+    StateStore,
+    Store,
+)
+from gateway.stores.deadline import DeadlineStore
+from gateway.stores.feed import LocalFeed
 from gateway.stores.sqlite import SqliteStore
 
-__all__ = ["FORMAT_VERSION", "CacheEntry", "SqliteStore", "Store"]
+__all__ = [
+    "BACKENDS",
+    "FORMAT_VERSION",
+    "Added",
+    "AdminStore",
+    "CacheEntry",
+    "ChangeEvent",
+    "ChangeFeed",
+    "DeadlineStore",
+    "EntryStore",
+    "HitTally",
+    "LocalFeed",
+    "RemovalReason",
+    "Removed",
+    "SqliteStore",
+    "StateStore",
+    "Store",
+    "open_store",
+]

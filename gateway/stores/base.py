@@ -1,10 +1,21 @@
-"""The document store seam: where cached answers live (the index only holds vectors)."""
+"""The store seams: where cached answers live (the index only holds vectors).
+
+Five concerns, one small protocol each, so that a backend (or a test peer) can be read one job at
+a time and a caller asks for no more than it uses:
+
+    EntryStore   the cached answers: put, get_many (a lookup's candidates in one round trip), ...
+    StateStore   feedback states (one document per category) and per-entry observations, which
+                 are appended, never read-modified-written, so replicas cannot overwrite each other
+    ChangeFeed   `Added` / `Removed` events: how every process's catalog learns what to index
+    AdminStore   ping, adopt_embedder, record_hits (batched hit counts)
+    Store        all four: what a backend implements and what `SemanticCache` takes
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from embeddings import Vector
 
@@ -29,8 +40,42 @@ class CacheEntry:
     last_used_at: float | None = None
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HitTally:
+    """Hits of one entry since the last flush: how many, and when the latest was."""
+
+    count: int
+    last_at: float
+
+
+# Why entries left: "replaced" (a newer answer under the same exact key), "evicted" (quota),
+# "forgotten" (a bad rating), "expired" (purged), "dropped" (its category left the policy),
+# "orphaned" (found at a rebuild under a category the policy no longer has), "withdrawn" (its
+# write could not be completed everywhere, so it was taken back).
+RemovalReason = Literal["replaced", "evicted", "forgotten", "expired", "dropped", "orphaned", "withdrawn"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Added:
+    """An entry is in the store: index it. `origin` names the catalog that wrote it, which applied
+    it already and skips it on the feed."""
+
+    entry: CacheEntry
+    origin: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Removed:
+    entry_ids: tuple[str, ...]
+    reason: RemovalReason
+    origin: str = ""
+
+
+ChangeEvent = Added | Removed
+
+
 @runtime_checkable
-class Store(Protocol):
+class EntryStore(Protocol):
     async def put(self, entry: CacheEntry) -> list[str]:
         """Store an entry; returns the ids of older entries it replaced (same exact key)."""
         ...
@@ -39,20 +84,22 @@ class Store(Protocol):
         """The entry, or None when it is missing or expired at `now`."""
         ...
 
+    async def get_many(self, entry_ids: Sequence[str], *, now: float) -> dict[str, CacheEntry]:
+        """The live entries among `entry_ids` (a lookup's candidates), by id, in one round trip."""
+        ...
+
     async def get_exact(self, exact_key: str, *, now: float) -> CacheEntry | None: ...
 
-    async def record_hit(self, entry_id: str, *, now: float) -> None: ...
-
-    async def purge_expired(self, *, now: float) -> list[str]:
-        """Delete expired entries; returns their ids so the index can drop them too."""
+    async def delete(self, entry_ids: Sequence[str]) -> list[str]:
+        """Delete these entries; returns the ids that were there."""
         ...
 
     def scan_live(self, *, now: float) -> AsyncIterator[list[CacheEntry]]:
         """All unexpired entries in pages, to rebuild the index on start."""
         ...
 
-    async def delete(self, entry_ids: list[str]) -> None:
-        """Evict these entries (quota)."""
+    async def retime_category(self, category: str, *, ttl_s: float) -> None:
+        """Apply a changed TTL to a category's existing entries: expiry = creation + ttl_s."""
         ...
 
     async def delete_category(self, category: str) -> list[str]:
@@ -60,12 +107,47 @@ class Store(Protocol):
         entries' ids."""
         ...
 
+    async def purge_expired(self, *, now: float) -> list[str]:
+        """Delete expired entries; returns their ids so the index can drop them too."""
+        ...
+
+
+@runtime_checkable
+class StateStore(Protocol):
     async def put_feedback(self, category: str, state: Mapping[str, Any]) -> None:
         """Keep a category's feedback state (a JSON object with a `format_version`) across restarts."""
         ...
 
     async def feedback_states(self) -> dict[str, Mapping[str, Any]]:
         """Every category's feedback state, as `put_feedback` stored it."""
+        ...
+
+    async def append_observation(self, entry_id: str, record: Mapping[str, Any]) -> None:
+        """Append what was observed of an entry (a JSON object): never a read-modify-write, so two
+        replicas observing the same entry both keep theirs."""
+        ...
+
+    async def observations(self, entry_id: str) -> list[Mapping[str, Any]]:
+        """An entry's observations, oldest first."""
+        ...
+
+
+@runtime_checkable
+class ChangeFeed(Protocol):
+    async def publish(self, events: Sequence[ChangeEvent]) -> None:
+        """Tell every follower (this process's and other replicas') what changed."""
+        ...
+
+    def follow(self) -> AsyncIterator[ChangeEvent]:
+        """Events published from now on, in order. Subscribed when called, not when first
+        iterated, so nothing published in between is missed; close it (`aclose`) to stop."""
+        ...
+
+
+@runtime_checkable
+class AdminStore(Protocol):
+    async def ping(self) -> None:
+        """Raise `StoreError` unless the store can serve."""
         ...
 
     async def adopt_embedder(self, name: str) -> int:
@@ -75,10 +157,11 @@ class Store(Protocol):
         entries were dropped."""
         ...
 
-    async def retime_category(self, category: str, *, ttl_s: float) -> None:
-        """Apply a changed TTL to a category's existing entries: expiry = creation + ttl_s."""
+    async def record_hits(self, hits: Mapping[str, HitTally]) -> None:
+        """Add buffered hit counts (entry id → tally) in one write; unknown ids are skipped."""
         ...
 
-    async def ping(self) -> None:
-        """Raise `StoreError` unless the store can serve."""
-        ...
+
+@runtime_checkable
+class Store(EntryStore, StateStore, ChangeFeed, AdminStore, Protocol):
+    """Everything a backend provides."""

@@ -1,4 +1,5 @@
-"""The embedded default store: one SQLite file in WAL mode, owned by one worker thread."""
+"""The embedded default store: one SQLite file in WAL mode, owned by one worker thread. Its change
+feed is in-process (one gateway process per file)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import asyncio
 import json
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
@@ -15,7 +16,8 @@ from typing import Any, TypeVar
 import numpy as np
 
 from gateway.errors import StoreError
-from gateway.stores.base import FORMAT_VERSION, CacheEntry
+from gateway.stores.base import FORMAT_VERSION, CacheEntry, ChangeEvent, HitTally
+from gateway.stores.feed import LocalFeed
 
 T = TypeVar("T")
 logger = logging.getLogger("semcache.store")
@@ -44,6 +46,12 @@ CREATE TABLE IF NOT EXISTS meta (
     key        TEXT PRIMARY KEY,
     value      TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS observations (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    entry_id   TEXT NOT NULL,
+    record     TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS observations_entry ON observations (entry_id, seq);
 """
 _CATEGORY_INDEX = "CREATE INDEX IF NOT EXISTS entries_category ON entries (category)"
 _COLUMNS = (
@@ -51,6 +59,8 @@ _COLUMNS = (
     "category, last_hit_at"
 )
 _PAGE = 1000
+# SQLite's default limit of host parameters in one statement is 32766 (since 3.32); stay well under.
+_MAX_PARAMS = 500
 
 
 def _to_row(entry: CacheEntry) -> tuple[Any, ...]:
@@ -99,6 +109,7 @@ class SqliteStore:
         self._path = str(path)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="semcache-sqlite")
         self._db: sqlite3.Connection | None = None
+        self._feed = LocalFeed()
 
     async def __aenter__(self) -> SqliteStore:
         await self._call(self._open)
@@ -110,9 +121,13 @@ class SqliteStore:
         try:
             await self._call(self._close)
         finally:
-            self._executor.shutdown(wait=True)
+            # `_close` ran last on the store's only thread, so there is nothing left to wait for;
+            # waiting (`wait=True`) would block the event loop on a thread join.
+            self._executor.shutdown(wait=False)
 
     def _open(self) -> None:
+        if sqlite3.sqlite_version_info < (3, 35):  # DELETE ... RETURNING
+            raise StoreError(f"SQLite {sqlite3.sqlite_version} is too old: 3.35 or later is needed")
         if self._path != ":memory:":
             Path(self._path).parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
@@ -152,11 +167,10 @@ class SqliteStore:
             replaced = [
                 row[0]
                 for row in db.execute(
-                    "SELECT entry_id FROM entries WHERE exact_key = ? AND entry_id != ?",
+                    "DELETE FROM entries WHERE exact_key = ? AND entry_id != ? RETURNING entry_id",
                     (entry.exact_key, entry.entry_id),
-                )
+                ).fetchall()
             ]
-            db.execute("DELETE FROM entries WHERE exact_key = ? AND entry_id != ?", (entry.exact_key, entry.entry_id))
             db.execute(f"INSERT OR REPLACE INTO entries ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)", _to_row(entry))
         return replaced
 
@@ -165,6 +179,24 @@ class SqliteStore:
 
     async def get_exact(self, exact_key: str, *, now: float) -> CacheEntry | None:
         return await self._call(self._get, "exact_key", exact_key, now)
+
+    async def get_many(self, entry_ids: Sequence[str], *, now: float) -> dict[str, CacheEntry]:
+        if not entry_ids:
+            return {}
+        return await self._call(self._get_many, list(entry_ids), now)
+
+    def _get_many(self, entry_ids: list[str], now: float) -> dict[str, CacheEntry]:
+        found: dict[str, CacheEntry] = {}
+        db = self._conn()
+        for chunk in _chunks(entry_ids):
+            rows = db.execute(
+                f"SELECT {_COLUMNS} FROM entries WHERE entry_id IN ({_marks(chunk)}) AND expires_at > ?",
+                (*chunk, now),
+            )
+            for row in rows:
+                entry = _from_row(row)
+                found[entry.entry_id] = entry
+        return found
 
     def _get(self, column: str, value: str, now: float) -> CacheEntry | None:
         row = (
@@ -178,13 +210,19 @@ class SqliteStore:
         )
         return None if row is None else _from_row(row)
 
-    async def record_hit(self, entry_id: str, *, now: float) -> None:
-        await self._call(self._record_hit, entry_id, now)
+    async def record_hits(self, hits: Mapping[str, HitTally]) -> None:
+        if hits:
+            await self._call(self._record_hits, dict(hits))
 
-    def _record_hit(self, entry_id: str, now: float) -> None:
-        self._conn().execute(
-            "UPDATE entries SET hit_count = hit_count + 1, last_hit_at = ? WHERE entry_id = ?", (now, entry_id)
-        )
+    def _record_hits(self, hits: dict[str, HitTally]) -> None:
+        db = self._conn()
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany(
+                "UPDATE entries SET hit_count = hit_count + ?, last_hit_at = max(coalesce(last_hit_at, 0), ?) "
+                "WHERE entry_id = ?",
+                [(tally.count, tally.last_at, entry_id) for entry_id, tally in hits.items()],
+            )
 
     async def purge_expired(self, *, now: float) -> list[str]:
         return await self._call(self._purge_expired, now)
@@ -193,8 +231,8 @@ class SqliteStore:
         db = self._conn()
         with db:
             db.execute("BEGIN IMMEDIATE")
-            ids = [row[0] for row in db.execute("SELECT entry_id FROM entries WHERE expires_at <= ?", (now,))]
-            db.execute("DELETE FROM entries WHERE expires_at <= ?", (now,))
+            rows = db.execute("DELETE FROM entries WHERE expires_at <= ? RETURNING entry_id", (now,))
+            ids = [row[0] for row in rows]
         return ids
 
     async def scan_live(self, *, now: float) -> AsyncIterator[list[CacheEntry]]:
@@ -213,12 +251,20 @@ class SqliteStore:
         )
         return [_from_row(row) for row in rows]
 
-    async def delete(self, entry_ids: list[str]) -> None:
-        if entry_ids:
-            await self._call(self._delete, entry_ids)
+    async def delete(self, entry_ids: Sequence[str]) -> list[str]:
+        if not entry_ids:
+            return []
+        return await self._call(self._delete, list(entry_ids))
 
-    def _delete(self, entry_ids: list[str]) -> None:
-        self._conn().executemany("DELETE FROM entries WHERE entry_id = ?", [(entry_id,) for entry_id in entry_ids])
+    def _delete(self, entry_ids: list[str]) -> list[str]:
+        db = self._conn()
+        deleted: list[str] = []
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            for chunk in _chunks(entry_ids):
+                rows = db.execute(f"DELETE FROM entries WHERE entry_id IN ({_marks(chunk)}) RETURNING entry_id", chunk)
+                deleted += [row[0] for row in rows]
+        return deleted
 
     async def delete_category(self, category: str) -> list[str]:
         return await self._call(self._delete_category, category)
@@ -227,8 +273,8 @@ class SqliteStore:
         db = self._conn()
         with db:
             db.execute("BEGIN IMMEDIATE")
-            ids = [row[0] for row in db.execute("SELECT entry_id FROM entries WHERE category = ?", (category,))]
-            db.execute("DELETE FROM entries WHERE category = ?", (category,))
+            rows = db.execute("DELETE FROM entries WHERE category = ? RETURNING entry_id", (category,))
+            ids = [row[0] for row in rows]
             db.execute("DELETE FROM feedback WHERE category = ?", (category,))
         return ids
 
@@ -254,6 +300,30 @@ class SqliteStore:
                 logger.warning("feedback state of category %s is not JSON: skipped", category)
         return states
 
+    async def append_observation(self, entry_id: str, record: Mapping[str, Any]) -> None:
+        document = json.dumps(dict(record), separators=(",", ":"))
+        await self._call(
+            lambda: self._conn().execute(
+                "INSERT INTO observations (entry_id, record) VALUES (?, ?)", (entry_id, document)
+            )
+        )
+
+    async def observations(self, entry_id: str) -> list[Mapping[str, Any]]:
+        rows = await self._call(
+            lambda: (
+                self._conn()
+                .execute("SELECT record FROM observations WHERE entry_id = ? ORDER BY seq", (entry_id,))
+                .fetchall()
+            )
+        )
+        return [json.loads(record) for (record,) in rows]
+
+    async def publish(self, events: Sequence[ChangeEvent]) -> None:
+        await self._feed.publish(events)
+
+    def follow(self) -> AsyncIterator[ChangeEvent]:
+        return self._feed.follow()
+
     async def adopt_embedder(self, name: str) -> int:
         return await self._call(self._adopt_embedder, name)
 
@@ -268,6 +338,7 @@ class SqliteStore:
             if row is not None and row[0] != name:
                 dropped = db.execute("DELETE FROM entries").rowcount
                 db.execute("DELETE FROM feedback")
+                db.execute("DELETE FROM observations")
             db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('embedder', ?)", (name,))
         return dropped
 
@@ -280,3 +351,11 @@ class SqliteStore:
 
     async def ping(self) -> None:
         await self._call(lambda: self._conn().execute("SELECT 1").fetchone())
+
+
+def _chunks(ids: list[str]) -> list[list[str]]:
+    return [ids[start : start + _MAX_PARAMS] for start in range(0, len(ids), _MAX_PARAMS)]
+
+
+def _marks(chunk: list[str]) -> str:
+    return ",".join("?" * len(chunk))

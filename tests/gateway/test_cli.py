@@ -200,8 +200,6 @@ def test_the_factory_says_which_variable_is_missing(monkeypatch: pytest.MonkeyPa
     assert raised.value.problems == ["SEMCACHE_CONFIG: set it to the path of the gateway's YAML config"]
 
 
-
-
 def write_calibration_inputs(tmp_path: Path) -> tuple[Path, Path]:
     from tests.gateway.tools.test_calibrate import write_pairs
 

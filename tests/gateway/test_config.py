@@ -203,10 +203,13 @@ sections: dict[str, dict[str, st.SearchStrategy[Any]]] = {
         "ttl_s": positive_floats,
         "cleanup_interval_s": positive_floats,
         "search_k": st.integers(1, 256),
+        "index_deadline_ms": st.floats(1, 60_000, allow_nan=False),
+        "hit_flush_interval_s": st.floats(0.01, 3600, allow_nan=False),
         "store": st.builds(
-            lambda kind, path: {**kind, **path},
+            lambda kind, path, deadline: {**kind, **path, **deadline},
             st.sampled_from([{}, {"kind": "sqlite"}]),
             st.sampled_from([{}]) | st.builds(lambda path: {"path": path}, st.text(min_size=1)),
+            st.sampled_from([{}]) | st.builds(lambda ms: {"deadline_ms": ms}, st.floats(1, 60_000, allow_nan=False)),
         ),
     },
 }
@@ -381,3 +384,10 @@ def test_the_docker_example_config_loads_and_requires_listed_keys() -> None:
 
     assert config.requires_listed_key
     assert config.server.host == "0.0.0.0"
+
+
+def test_store_and_index_deadlines_are_checked_and_named() -> None:
+    problems = problems_of({"cache": {"index_deadline_ms": 0, "store": {"deadline_ms": -5}}})
+
+    assert any(problem.startswith("cache.index_deadline_ms") for problem in problems)
+    assert any(problem.startswith("cache.store.deadline_ms") for problem in problems)

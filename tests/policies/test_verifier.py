@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from embeddings import Embedder, EmbeddingBatcher
+from gateway.cache.catalog import Catalog
 from gateway.cache.decisions import Hit, Miss
 from gateway.cache.engine import ActivePolicy, CacheEngine, LookupSettings
 from gateway.metrics import Metrics
@@ -281,9 +282,15 @@ def decide(
     policy = parse_policy({"categories": [{"name": "default", "similarity_threshold": threshold}]})
 
     async def scenario() -> dict[str, float | None]:
-        async with SqliteStore(tmp_path / "cache.db") as store, EmbeddingBatcher(embedder) as batcher:
+        async with (
+            SqliteStore(tmp_path / "cache.db") as store,
+            EmbeddingBatcher(embedder) as batcher,
+            Catalog(
+                store=store, dimension=embedder.dimension, policy=policy, metrics=Metrics(), clock=FakeClock()
+            ) as catalog,
+        ):
             engine = CacheEngine(
-                store=store,
+                catalog=catalog,
                 batcher=batcher,
                 policy=ActivePolicy(policy=policy, classifier=CategoryClassifier(policy, {})),
                 settings=LookupSettings(),
@@ -291,17 +298,14 @@ def decide(
                 clock=FakeClock(),
                 verifier=verifier,
             )
-            try:
-                miss = await engine.lookup(asked(STORED), tenant="tenant-a", control=CacheControl())
-                assert isinstance(miss, Miss)
-                assert await engine.remember(miss, response={"id": "a"})
-                found: dict[str, float | None] = {}
-                for prompt in (WRONG_YEAR, PARAPHRASE, UNRELATED):
-                    decision = await engine.lookup(asked(prompt), tenant="tenant-a", control=CacheControl())
-                    found[prompt] = decision.similarity if isinstance(decision, Hit) else None
-                return found
-            finally:
-                engine.close()
+            miss = await engine.lookup(asked(STORED), tenant="tenant-a", control=CacheControl())
+            assert isinstance(miss, Miss)
+            assert await engine.remember(miss, response={"id": "a"})
+            found: dict[str, float | None] = {}
+            for prompt in (WRONG_YEAR, PARAPHRASE, UNRELATED):
+                decision = await engine.lookup(asked(prompt), tenant="tenant-a", control=CacheControl())
+                found[prompt] = decision.similarity if isinstance(decision, Hit) else None
+            return found
 
     return asyncio.run(scenario())
 

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from embeddings import Vector
-from gateway.cache.index import _EXACT_SEARCH_MAX, IndexItem, VectorIndex, similarity_from_distance
+from gateway.cache.index import _EXACT_SEARCH_MAX, IndexItem, Match, VectorIndex, similarity_from_distance
+from gateway.errors import VectorIndexError
 
 pytestmark = pytest.mark.anyio
 
@@ -254,3 +259,91 @@ async def test_entries_without_a_vector_count_and_can_be_evicted_but_are_never_f
     assert await index.victims(1, now=20.0) == ["e0"]  # a new TTL applies to plain entries too
     await index.remove(["plain"])
     assert len(index) == 1
+
+
+class SlowIndex(VectorIndex):
+    """A real index whose searches take far longer than any deadline (a huge scope, a starved CPU)."""
+
+    def _search(self, vector: Vector, scope_key: str, k: int) -> list[Match]:
+        time.sleep(0.5)
+        return super()._search(vector, scope_key, k)
+
+
+async def test_a_search_past_the_deadline_is_an_index_error(rng: np.random.Generator) -> None:
+    index = SlowIndex(DIMENSION, initial_capacity=16, deadline_s=0.01)
+    try:
+        vectors = unit_vectors(rng, 2)
+        await index.add(items(vectors, scope="s", prefix="e"))
+        with pytest.raises(VectorIndexError, match="did not answer within 10 ms"):
+            await index.search(vectors[0], scope="s", k=1)
+        assert len(index) == 2  # a missed deadline loses nothing
+    finally:
+        await index.aclose()
+
+
+async def test_a_closed_index_refuses_work_with_an_index_error(rng: np.random.Generator) -> None:
+    index = VectorIndex(DIMENSION, initial_capacity=16)
+    await index.add(items(unit_vectors(rng, 1), scope="s", prefix="e"))
+    await index.aclose()
+
+    with pytest.raises(VectorIndexError):
+        await index.search(unit_vectors(rng, 1)[0], scope="s", k=1)
+
+
+# Hypothesis' deadline and slow-generation check time the machine: speed lives in bench/, not here.
+untimed = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow], max_examples=60)
+
+slots = st.lists(
+    st.tuples(
+        st.booleans(),  # searchable (a vector) or exact-only
+        st.floats(0, 100),  # expires_at
+        st.integers(0, 20),  # hits
+        st.floats(0, 100),  # last used
+    ),
+    min_size=1,
+    max_size=80,
+)
+
+
+@untimed
+@given(entries=slots, count=st.integers(1, 10), now=st.floats(0, 100), sample_size=st.sampled_from([4, 32, 128]))
+def test_victims_are_expired_first_then_the_least_valuable(
+    entries: list[tuple[bool, float, int, float]], count: int, now: float, sample_size: int
+) -> None:
+    async def scenario() -> list[str]:
+        index = VectorIndex(DIMENSION, initial_capacity=16, sample_size=sample_size, seed=7)
+        try:
+            vectors = unit_vectors(np.random.default_rng(len(entries)), len(entries))
+            await index.add(
+                [
+                    IndexItem(
+                        entry_id=f"e{i}",
+                        scope="s",
+                        vector=vectors[i] if searchable else None,
+                        created_at=0.0,
+                        expires_at=expires_at,
+                        hit_count=hits,
+                        last_used_at=last_used,
+                    )
+                    for i, (searchable, expires_at, hits, last_used) in enumerate(entries)
+                ]
+            )
+            return await index.victims(count, now=now)
+        finally:
+            await index.aclose()
+
+    victims = asyncio.run(scenario())
+
+    expired = {f"e{i}" for i, (_, expires_at, _, _) in enumerate(entries) if expires_at <= now}
+    assert len(victims) == min(count, len(entries)) == len(set(victims))
+    # Every expired entry goes before any live one.
+    assert len(expired & set(victims)) == min(count, len(expired))
+
+    def value(i: int) -> float:
+        _, _, hits, last_used = entries[i]
+        return (1 + hits) / (1 + max(0.0, now - last_used))
+
+    if len(entries) <= sample_size:  # small enough to weigh every entry: the exact order
+        live = sorted((i for i in range(len(entries)) if f"e{i}" not in expired), key=value)
+        live_victims = [int(victim[1:]) for victim in victims if victim not in expired]
+        assert sorted(value(i) for i in live_victims) == pytest.approx([value(i) for i in live[: len(live_victims)]])

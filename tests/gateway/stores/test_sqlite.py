@@ -12,10 +12,28 @@ from typing import Any
 import numpy as np
 import pytest
 
+from gateway.config import StoreConfig
 from gateway.errors import StoreError
-from gateway.stores import CacheEntry, SqliteStore, Store
+from gateway.stores import (
+    BACKENDS,
+    Added,
+    AdminStore,
+    CacheEntry,
+    ChangeFeed,
+    EntryStore,
+    HitTally,
+    Removed,
+    SqliteStore,
+    StateStore,
+    Store,
+    open_store,
+)
 
 _: Store = SqliteStore.__new__(SqliteStore)
+_entries: EntryStore = SqliteStore.__new__(SqliteStore)
+_state: StateStore = SqliteStore.__new__(SqliteStore)
+_feed: ChangeFeed = SqliteStore.__new__(SqliteStore)
+_admin: AdminStore = SqliteStore.__new__(SqliteStore)
 
 pytestmark = pytest.mark.anyio
 
@@ -154,9 +172,10 @@ async def test_record_hit_increments_hit_count(db_path: Path) -> None:
     async with SqliteStore(db_path) as store:
         await store.put(make_entry("e1"))
 
-        await store.record_hit("e1", now=NOW + 1)
-        await store.record_hit("e1", now=NOW + 2)
-        await store.record_hit("no-such-entry", now=NOW + 2)
+        await store.record_hits({"e1": HitTally(count=1, last_at=NOW + 1)})
+        await store.record_hits(
+            {"e1": HitTally(count=1, last_at=NOW + 2), "no-such-entry": HitTally(count=1, last_at=NOW + 2)}
+        )
 
         stored = await store.get("e1", now=NOW + 2)
     assert stored is not None
@@ -189,7 +208,7 @@ async def test_data_survives_close_and_reopen(db_path: Path) -> None:
     entry = make_entry("e1")
     async with SqliteStore(db_path) as store:
         await store.put(entry)
-        await store.record_hit("e1", now=NOW)
+        await store.record_hits({"e1": HitTally(count=1, last_at=NOW)})
 
     async with SqliteStore(db_path) as reopened:
         await reopened.ping()
@@ -281,3 +300,80 @@ async def test_vectors_of_another_embedder_are_dropped_with_the_feedback(db_path
         await store.put(make_entry("new"))
         assert await store.adopt_embedder("model-b") == 0
         assert await store.get("new", now=NOW) is not None
+
+
+async def test_get_many_returns_the_live_ones_among_the_candidates(db_path: Path) -> None:
+    async with SqliteStore(db_path) as store:
+        await store.put(make_entry("live-1"))
+        await store.put(make_entry("live-2"))
+        await store.put(make_entry("dead", ttl_s=10))
+
+        found = await store.get_many(["live-1", "dead", "missing", "live-2"], now=NOW + 100)
+        many = await store.get_many([f"missing-{i}" for i in range(1200)] + ["live-1"], now=NOW)
+
+        assert sorted(found) == ["live-1", "live-2"]
+        assert found["live-2"].prompt == "what is live-2?"
+        assert await store.get_many([], now=NOW) == {}
+        assert list(many) == ["live-1"]  # more ids than one statement takes
+
+
+async def test_delete_returns_the_ids_that_were_there(db_path: Path) -> None:
+    async with SqliteStore(db_path) as store:
+        await store.put(make_entry("e1"))
+        await store.put(make_entry("e2"))
+
+        assert sorted(await store.delete(["e1", "e2", "nope"])) == ["e1", "e2"]
+        assert await store.delete(["e1"]) == []
+        assert await store.delete([]) == []
+
+
+async def test_hits_of_several_entries_are_added_in_one_call(db_path: Path) -> None:
+    async with SqliteStore(db_path) as store:
+        await store.put(make_entry("e1"))
+        await store.put(make_entry("e2"))
+
+        await store.record_hits({"e1": HitTally(count=3, last_at=NOW + 7), "e2": HitTally(count=1, last_at=NOW + 2)})
+
+        e1, e2 = await store.get("e1", now=NOW), await store.get("e2", now=NOW)
+    assert e1 is not None and (e1.hit_count, e1.last_used_at) == (3, NOW + 7)
+    assert e2 is not None and (e2.hit_count, e2.last_used_at) == (1, NOW + 2)
+
+
+async def test_observations_are_appended_never_overwritten(db_path: Path) -> None:
+    async with SqliteStore(db_path) as store, SqliteStore(db_path) as replica:
+        await store.append_observation("e1", {"format_version": 1, "similarity": 0.91, "good": True})
+        await replica.append_observation("e1", {"format_version": 1, "similarity": 0.95, "good": False})
+        await store.append_observation("e2", {"format_version": 1, "similarity": 0.5, "good": True})
+
+        seen = await store.observations("e1")
+
+        assert [record["similarity"] for record in seen] == [0.91, 0.95]  # both replicas' kept, in order
+        assert await store.observations("nope") == []
+
+
+async def test_the_change_feed_delivers_what_is_published_to_every_follower(db_path: Path) -> None:
+    entry = make_entry("e1")
+    evicted = Removed(entry_ids=("e0",), reason="evicted")
+    forgotten = Removed(entry_ids=("e1",), reason="forgotten")
+    async with SqliteStore(db_path) as store:
+        first, second = store.follow(), store.follow()  # subscribed from here
+        await store.publish([Added(entry=entry, origin="a"), evicted])
+
+        added = await anext(first)
+        assert isinstance(added, Added) and added.entry is entry and added.origin == "a"
+        assert await anext(first) == evicted
+        closer = getattr(first, "aclose")  # noqa: B009 - the protocol promises an AsyncIterator only
+        await closer()
+        await store.publish([forgotten])
+
+        assert isinstance(await anext(second), Added)
+        assert [await anext(second), await anext(second)] == [evicted, forgotten]
+        with pytest.raises(StopAsyncIteration):
+            await anext(first)
+
+
+async def test_the_backend_is_chosen_from_the_kind_by_table(db_path: Path) -> None:
+    assert set(BACKENDS) == {"sqlite"}
+    async with open_store(StoreConfig(kind="sqlite", path=str(db_path))) as store:
+        assert isinstance(store, SqliteStore)
+        await store.ping()
