@@ -28,7 +28,7 @@ from gateway.http.proxy import Proxy, not_found
 from gateway.http.responses import error_response
 from gateway.metrics import Metrics
 from gateway.stores import Store
-from gateway.upstream import LiteLLMUpstream, Upstream
+from gateway.upstream import LiteLLMUpstream, SingleDeploymentRouter, Upstream
 from policies.verifier import Verifier
 
 logger = logging.getLogger("semcache.app")
@@ -56,13 +56,14 @@ async def _open(
     await stack.enter_async_context(cache)
     if upstream is None:
         # The litellm import takes seconds: off the event loop.
-        litellm_upstream = await asyncio.to_thread(LiteLLMUpstream, config.upstream)
+        litellm_upstream = await asyncio.to_thread(LiteLLMUpstream)
         stack.push_async_callback(litellm_upstream.aclose)
         upstream = litellm_upstream
     passthrough = await stack.enter_async_context(Passthrough(config.upstream))
     return Proxy(
         cache=cache,
         upstream=upstream,
+        router=SingleDeploymentRouter(config.upstream),
         passthrough=passthrough,
         flights=SingleFlight(max_lifetime_s=config.upstream.timeout_s),
         clock=clock,
