@@ -73,6 +73,9 @@ class UpstreamState:
     faults: Faults = field(default_factory=Faults)
     received: list[dict[str, Any]] = field(default_factory=list)
     record: bool = True
+    # Chat streams sent to their end, and those whose client (the gateway) went away part-way.
+    streams_finished: int = 0
+    streams_abandoned: int = 0
 
     def take_faults(self) -> Faults:
         faults = self.faults
@@ -139,15 +142,18 @@ def create_upstream_app(state: UpstreamState | None = None) -> Starlette:  # noq
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             return StreamingResponse(
-                _stream(
-                    body=body,
-                    completion_id=completion_id,
-                    created=created,
-                    message=message,
-                    finish_reason=finish_reason,
-                    include_usage=include_usage,
-                    truncate=faults.truncate_stream,
-                    chunk_delay_s=faults.chunk_delay_s,
+                _tracked(
+                    state,
+                    _stream(
+                        body=body,
+                        completion_id=completion_id,
+                        created=created,
+                        message=message,
+                        finish_reason=finish_reason,
+                        include_usage=include_usage,
+                        truncate=faults.truncate_stream,
+                        chunk_delay_s=faults.chunk_delay_s,
+                    ),
                 ),
                 media_type="text/event-stream",
                 headers=_answer_headers(),
@@ -252,6 +258,19 @@ def create_upstream_app(state: UpstreamState | None = None) -> Starlette:  # noq
     )
     app.state.upstream = state
     return app
+
+
+async def _tracked(state: UpstreamState, events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    finished = False
+    try:
+        async for event in events:
+            yield event
+        finished = True
+    finally:  # also when the client hangs up: uvicorn cancels the response mid-stream
+        if finished:
+            state.streams_finished += 1
+        else:
+            state.streams_abandoned += 1
 
 
 async def _stream(
