@@ -307,7 +307,7 @@ async def _stream(
             await asyncio.sleep(chunk_delay_s)
     yield chunk({}, finish_reason)
     if include_usage:
-        usage = {
+        usage: dict[str, Any] = {
             "id": completion_id,
             "object": "chat.completion.chunk",
             "created": created,

@@ -65,8 +65,8 @@ def install() -> NetworkGuard:
             raise socket.gaierror(socket.EAI_NONAME, f"lookup of {host!r} refused by the test")
         return getaddrinfo(host, port, *args, **kwargs)
 
-    socket.socket.connect = guarded_connect  # type: ignore[method-assign]
-    socket.socket.connect_ex = guarded_connect_ex  # type: ignore[method-assign]
+    socket.socket.connect = guarded_connect  # type: ignore[method-assign,assignment]
+    socket.socket.connect_ex = guarded_connect_ex  # type: ignore[method-assign,assignment]
     socket.create_connection = guarded_create_connection
     socket.getaddrinfo = guarded_getaddrinfo
     return guard
