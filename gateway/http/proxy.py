@@ -148,6 +148,7 @@ class Proxy:
         upstream's own headers (request id, rate limits) go to this client only: `on_complete`
         gets the body alone, so a later hit never replays them."""
         if route is None:
+            # What the lookup tells us about the request; tier and near-miss are not known here yet.
             category = headers.get("x-semcache-category")
             route = self.router.route(RouteRequest(model=request.model, category=category, tier=None, near_miss=False))
         deployment = route.deployment
