@@ -2,7 +2,9 @@
 
 It answers /v1/chat/completions with text derived from the request (so a wrong cached answer is
 visible), streams SSE when asked, and can be told to fail, stall, truncate a stream or answer 429
-through POST /control. Every request it receives is recorded and listed at GET /control/requests.
+through POST /control. Errors have OpenAI's shape, with the type, code, param, message and headers
+(retry-after, x-ratelimit-*) it is told; answers carry x-request-id, openai-processing-ms and
+x-ratelimit-* as OpenAI's do. Every request it receives is recorded and listed at GET /control/requests.
 
     python examples/simulated_upstream.py --port 9000 [--latency-ms 200]
 """
@@ -34,6 +36,35 @@ class Faults:
     finish_reason: str = "stop"
     chunk_delay_s: float = 0.0
     times: int = -1
+    # The error body and headers of a failure (status set); None: derived from the status.
+    error_type: str | None = None
+    error_code: str | None = None
+    error_param: str | None = None
+    error_message: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def error(self) -> JSONResponse:
+        status = self.status or 500
+        default_type = {400: "invalid_request_error", 429: "rate_limit_error"}.get(status, "server_error")
+        body = {
+            "error": {
+                "message": self.error_message or f"simulated failure {status}",
+                "type": self.error_type or default_type,
+                "param": self.error_param,
+                "code": self.error_code,
+            }
+        }
+        return JSONResponse(body, status_code=status, headers=self.headers)
+
+
+def _answer_headers() -> dict[str, str]:
+    """What OpenAI sends with every answer: a request id, its processing time, the caller's limits."""
+    return {
+        "x-request-id": f"req_{uuid.uuid4().hex}",
+        "openai-processing-ms": "7",
+        "x-ratelimit-limit-requests": "10000",
+        "x-ratelimit-remaining-requests": "9999",
+    }
 
 
 @dataclass(slots=True)
@@ -42,6 +73,9 @@ class UpstreamState:
     faults: Faults = field(default_factory=Faults)
     received: list[dict[str, Any]] = field(default_factory=list)
     record: bool = True
+    # Chat streams sent to their end, and those whose client (the gateway) went away part-way.
+    streams_finished: int = 0
+    streams_abandoned: int = 0
 
     def take_faults(self) -> Faults:
         faults = self.faults
@@ -96,18 +130,7 @@ def create_upstream_app(state: UpstreamState | None = None) -> Starlette:  # noq
         if faults.stall_s:
             await asyncio.sleep(faults.stall_s)
         if faults.status is not None:
-            error_type = "rate_limit_error" if faults.status == 429 else "server_error"
-            return JSONResponse(
-                {
-                    "error": {
-                        "message": f"simulated failure {faults.status}",
-                        "type": error_type,
-                        "param": None,
-                        "code": None,
-                    }
-                },
-                status_code=faults.status,
-            )
+            return faults.error()
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
         text = _answer_text(body)
@@ -119,17 +142,21 @@ def create_upstream_app(state: UpstreamState | None = None) -> Starlette:  # noq
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             return StreamingResponse(
-                _stream(
-                    body=body,
-                    completion_id=completion_id,
-                    created=created,
-                    message=message,
-                    finish_reason=finish_reason,
-                    include_usage=include_usage,
-                    truncate=faults.truncate_stream,
-                    chunk_delay_s=faults.chunk_delay_s,
+                _tracked(
+                    state,
+                    _stream(
+                        body=body,
+                        completion_id=completion_id,
+                        created=created,
+                        message=message,
+                        finish_reason=finish_reason,
+                        include_usage=include_usage,
+                        truncate=faults.truncate_stream,
+                        chunk_delay_s=faults.chunk_delay_s,
+                    ),
                 ),
                 media_type="text/event-stream",
+                headers=_answer_headers(),
             )
         return JSONResponse(
             {
@@ -139,7 +166,8 @@ def create_upstream_app(state: UpstreamState | None = None) -> Starlette:  # noq
                 "model": body.get("model"),
                 "choices": [{"index": 0, "message": message, "finish_reason": finish_reason, "logprobs": None}],
                 "usage": _usage(body, text),
-            }
+            },
+            headers=_answer_headers(),
         )
 
     async def completions(request: Request) -> Response:
@@ -151,17 +179,7 @@ def create_upstream_app(state: UpstreamState | None = None) -> Starlette:  # noq
         if faults.stall_s:
             await asyncio.sleep(faults.stall_s)
         if faults.status is not None:
-            return JSONResponse(
-                {
-                    "error": {
-                        "message": f"simulated failure {faults.status}",
-                        "type": "server_error",
-                        "param": None,
-                        "code": None,
-                    }
-                },
-                status_code=faults.status,
-            )
+            return faults.error()
         text = f"Simulated completion from {body.get('model')} of: {body.get('prompt')}"
         completion_id = f"cmpl-{uuid.uuid4().hex}"
         created = int(time.time())
@@ -170,7 +188,7 @@ def create_upstream_app(state: UpstreamState | None = None) -> Starlette:  # noq
         header = {"id": completion_id, "object": "text_completion", "created": created, "model": body.get("model")}
         if not body.get("stream"):
             choice = {"index": 0, "text": text, "finish_reason": faults.finish_reason, "logprobs": None}
-            return JSONResponse({**header, "choices": [choice], "usage": usage})
+            return JSONResponse({**header, "choices": [choice], "usage": usage}, headers=_answer_headers())
 
         async def events() -> AsyncIterator[bytes]:
             for word in text.split(" "):
@@ -182,7 +200,7 @@ def create_upstream_app(state: UpstreamState | None = None) -> Starlette:  # noq
                 yield f"data: {json.dumps({**header, 'choices': [], 'usage': usage})}\n\n".encode()
             yield b"data: [DONE]\n\n"
 
-        return StreamingResponse(events(), media_type="text/event-stream")
+        return StreamingResponse(events(), media_type="text/event-stream", headers=_answer_headers())
 
     async def embeddings(request: Request) -> Response:
         """Deterministic toy vectors (not semantic): enough to see a request pass through."""
@@ -242,6 +260,19 @@ def create_upstream_app(state: UpstreamState | None = None) -> Starlette:  # noq
     return app
 
 
+async def _tracked(state: UpstreamState, events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    finished = False
+    try:
+        async for event in events:
+            yield event
+        finished = True
+    finally:  # also when the client hangs up: uvicorn cancels the response mid-stream
+        if finished:
+            state.streams_finished += 1
+        else:
+            state.streams_abandoned += 1
+
+
 async def _stream(
     *,
     body: dict[str, Any],
@@ -276,7 +307,7 @@ async def _stream(
             await asyncio.sleep(chunk_delay_s)
     yield chunk({}, finish_reason)
     if include_usage:
-        usage = {
+        usage: dict[str, Any] = {
             "id": completion_id,
             "object": "chat.completion.chunk",
             "created": created,

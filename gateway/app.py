@@ -39,7 +39,7 @@ from gateway.http.readiness import UpstreamProbe, readiness
 from gateway.http.responses import error_response
 from gateway.metrics import Metrics
 from gateway.stores import Store
-from gateway.upstream import LiteLLMUpstream, Upstream
+from gateway.upstream import LiteLLMUpstream, SingleDeploymentRouter, Upstream
 from policies.verifier import Verifier
 
 logger = logging.getLogger("semcache.app")
@@ -72,7 +72,7 @@ async def _open(
     if upstream is None:
         step = time.perf_counter()
         # The litellm import takes seconds: off the event loop.
-        litellm_upstream = await asyncio.to_thread(LiteLLMUpstream, config.upstream)
+        litellm_upstream = await asyncio.to_thread(LiteLLMUpstream)
         stack.push_async_callback(litellm_upstream.aclose)
         upstream = litellm_upstream
         logger.info("upstream client (litellm) ready in %.1f s", time.perf_counter() - step)
@@ -81,7 +81,7 @@ async def _open(
         cache=cache,
         upstream=upstream,
         passthrough=passthrough,
-        serving=Serving(cache),
+        serving=Serving(cache, router=SingleDeploymentRouter(config.upstream)),
         clock=clock,
     )
 

@@ -13,7 +13,7 @@ errors never reach a client (the engine turns them into a miss and counts them).
     │   ├── AlreadyRated              409
     │   ├── PayloadTooLarge           413
     │   ├── ServiceUnavailable        503
-    │   └── UpstreamError             the upstream's own status (429 stays 429)
+    │   └── UpstreamError             the upstream's own status, body fields and headers (429 stays 429)
     ├── CacheError                    never shown to a client: the request fails open
     │   ├── StoreError                the document store failed or missed its deadline
     │   └── VectorIndexError          an in-memory index failed or missed its deadline
@@ -25,6 +25,7 @@ errors never reach a client (the engine turns them into a miss and counts them).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 
@@ -97,7 +98,9 @@ class ServiceUnavailable(ClientFacingError):
 
 
 class UpstreamError(ClientFacingError):
-    """The upstream answered with an error or did not answer; its status is kept (429 stays 429)."""
+    """The upstream answered with an error or did not answer. What it said is kept as it said it:
+    status (429 stays 429), error type, code, param, message, and the headers a client acts on
+    (`retry-after`, `x-ratelimit-*`, `x-request-id`), which the gateway forwards with the error."""
 
     def __init__(
         self,
@@ -106,10 +109,13 @@ class UpstreamError(ClientFacingError):
         status_code: int,
         error_type: str = "upstream_error",
         code: str | None = None,
+        param: str | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
-        super().__init__(message, code=code)
+        super().__init__(message, param=param, code=code)
         self.status_code = status_code
         self.error_type = error_type
+        self.headers: Mapping[str, str] = dict(headers or {})
 
 
 class CacheError(GatewayError):

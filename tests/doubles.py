@@ -1,4 +1,4 @@
-"""Test peers for the seams (Embedder, Store, clock): real implementations of the protocols that
+"""Test peers for the seams (Embedder, Store, Upstream, clock): real implementations of the protocols that
 count, stall or fail on purpose. They wrap the real parts rather than replace them."""
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from typing import Any
 from embeddings import EmbeddedText, Embedder
 from gateway.errors import StoreError
 from gateway.stores import CacheEntry, ChangeEvent, HitTally, LocalFeed, SqliteStore
+from gateway.upstream import Answer, Deployment, UpstreamStream
+from gateway.wire import CompletionRequest
 
 
 @dataclass(slots=True)
@@ -162,3 +164,16 @@ class StallingStore(SqliteStore):
     async def get_many(self, entry_ids: Sequence[str], *, now: float) -> dict[str, CacheEntry]:
         await self._stall()
         return await super().get_many(entry_ids, now=now)
+
+
+class BuggyUpstream:
+    """An upstream backend with a bug of its own: it raises an exception that is no upstream
+    error, as a backend does when our code (not the upstream) is at fault."""
+
+    async def complete(self, request: CompletionRequest, *, deployment: Deployment, api_key: str | None) -> Answer:
+        raise RuntimeError("simulated bug in the backend")
+
+    async def stream(
+        self, request: CompletionRequest, *, deployment: Deployment, api_key: str | None
+    ) -> UpstreamStream:
+        raise RuntimeError("simulated bug in the backend")

@@ -27,7 +27,7 @@ from gateway.errors import (
 from gateway.http.passthrough import Passthrough
 from gateway.http.responses import bearer_key, error_response, lookup_headers, reply_response
 from gateway.metrics import Metrics
-from gateway.upstream import Upstream
+from gateway.upstream import Route, Upstream, UpstreamStream
 from gateway.wire import (
     CompletionRequest,
     encode_sse,
@@ -111,9 +111,11 @@ class Proxy:
             return error_response(error), "invalid"
         if isinstance(action, Reply):
             return reply_response(action), action.outcome
+        if action.route is None:  # `Serving` is built with the router: only a bug lands here
+            raise RuntimeError("the proxy's serving step has no router")
         headers = lookup_headers(action.decision)
         response = await self._from_upstream(
-            action.request, api_key, headers, on_complete=action.complete, on_end=action.end
+            action.request, api_key, headers, route=action.route, on_complete=action.complete, on_end=action.end
         )
         return response, action.outcome
 
@@ -123,24 +125,29 @@ class Proxy:
         api_key: str | None,
         headers: dict[str, str],
         *,
+        route: Route,
         on_complete: OnComplete | None = None,
         on_end: Callable[[], None] | None = None,
     ) -> Response:
         """`on_complete` gets the whole answer if it is complete; `on_end` runs once the exchange
-        is over either way (for a stream: when the stream ends, not when this returns)."""
+        is over either way (for a stream: when the stream ends, not when this returns). The
+        upstream's own headers (request id, rate limits) go to this client only: `on_complete`
+        gets the body alone, so a later hit never replays them."""
+        deployment = route.deployment
+        headers = {**headers, "x-semcache-model": deployment.name, "x-semcache-route-reason": route.reason}
         streaming = False
         try:
             if request.stream:
-                response = await self._stream_from_upstream(request, api_key, headers, on_complete, on_end)
+                response = await self._stream_from_upstream(request, api_key, headers, on_complete, on_end, route=route)
                 streaming = True
                 return response
-            answer = await self.upstream.complete(request, api_key=api_key)
-            if on_complete is not None and is_complete(answer):
-                on_complete(answer)
-            return JSONResponse(answer, headers=headers)
+            answer = await self.upstream.complete(request, deployment=deployment, api_key=api_key)
+            if on_complete is not None and is_complete(answer.body):
+                on_complete(answer.body)
+            return JSONResponse(answer.body, headers={**answer.headers, **headers})
         except UpstreamError as error:
             self.metrics.upstream_errors.labels(status=str(error.status_code)).inc()
-            return error_response(error, headers)
+            return error_response(error, {**error.headers, **headers})
         finally:
             if on_end is not None and not streaming:
                 on_end()
@@ -152,25 +159,30 @@ class Proxy:
         headers: dict[str, str],
         on_complete: OnComplete | None,
         on_end: Callable[[], None] | None,
+        *,
+        route: Route,
     ) -> Response:
         # Ask for the usage chunk even when the client did not, so that a stored answer can replay
         # it to a later client that does; it is not forwarded to a client that did not ask.
         body = {**request.body, "stream_options": {**(request.body.get("stream_options") or {}), "include_usage": True}}
         upstream_request = replace(request, body=body)
-        chunks = await self.upstream.stream(upstream_request, api_key=api_key)
+        chunks = await self.upstream.stream(upstream_request, deployment=route.deployment, api_key=api_key)
         return StreamingResponse(
-            self._relay(request, chunks, on_complete, on_end), media_type="text/event-stream", headers=headers
+            self._relay(request, chunks, on_complete, on_end),
+            media_type="text/event-stream",
+            headers={**chunks.headers, **headers},
         )
 
     async def _relay(
         self,
         request: CompletionRequest,
-        chunks: AsyncIterator[Mapping[str, Any]],
+        chunks: UpstreamStream,
         on_complete: OnComplete | None,
         on_end: Callable[[], None] | None,
     ) -> AsyncIterator[bytes]:
         """Forward each chunk as it arrives while recording it. A stream that breaks, errors or is
-        abandoned by the client never reaches `on_complete`, so it is never stored."""
+        abandoned by the client never reaches `on_complete`, so it is never stored; either way the
+        upstream stream is closed, so a client that goes away stops the upstream too."""
         recorder = StreamRecorder(object_type="chat.completion" if request.endpoint == "chat" else "text_completion")
         try:
             async for chunk in chunks:
@@ -186,8 +198,11 @@ class Proxy:
             self.metrics.upstream_errors.labels(status=str(error.status_code)).inc()
             yield encode_sse(error.body())  # the status line is gone: report in-band, as OpenAI does
         finally:
-            if on_end is not None:
-                on_end()
+            try:
+                await chunks.aclose()
+            finally:
+                if on_end is not None:
+                    on_end()
 
     async def forward(self, request: Request) -> Response:
         """Routes the cache does not handle go to the upstream unchanged."""

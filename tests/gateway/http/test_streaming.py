@@ -159,8 +159,13 @@ def test_client_disconnecting_mid_stream_leaves_nothing_stored(gateway: Gateway,
     ):
         assert response.headers["x-semcache"] == "miss"
         next(response.iter_bytes())  # the first event, then hang up
-    # The whole stream would take ~0.7 s; give it well past that to (wrongly) finish and store.
-    time.sleep(2.0)
+    # The gateway hangs up on the upstream in turn: its stream ends unfinished (a bounded poll for
+    # that event, not a fixed sleep), so there is no complete answer to store.
+    deadline = time.monotonic() + 30
+    while upstream.state.streams_abandoned + upstream.state.streams_finished == 0:
+        assert time.monotonic() < deadline, "the upstream's stream never ended"
+        time.sleep(0.01)
+    assert (upstream.state.streams_abandoned, upstream.state.streams_finished) == (1, 0)
 
     assert gateway.metric("semcache_stored_total") == 0
     assert plain_chat(gateway, QUESTION).headers["x-semcache"] == "miss"
