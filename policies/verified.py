@@ -177,9 +177,12 @@ def fit_correctness(
                               threshold_variance=spread * spread, count=count, separated=True)  # fmt: skip
     (weight,), bias = fit_logistic(similarity[:, None], correct, l2=settings.ridge)
     slope = min(max(weight, settings.min_slope), settings.max_slope)
-    # At the clipped slope, t keeps the fitted probability at the mean similarity.
     centre = float(similarity.mean())
-    threshold = centre - (bias + weight * centre) / slope
+    # A usable slope: the fitted 50 % point, whatever the clipping of a very steep one. None (flat,
+    # falling, a single similarity): t keeps the fitted probability at the mean similarity, under
+    # the flattest slope allowed.
+    usable = weight >= settings.min_slope
+    threshold = -bias / weight if usable else centre - (bias + weight * centre) / slope
     # Fisher information of (bias, slope) at the estimate, plus the fit's penalty (fit_logistic's
     # l2 is on the standardized weight: l2 · scale² on the raw one).
     design = np.column_stack([np.ones(count), similarity])
