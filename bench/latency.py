@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/latency.py [--requests 200] [--concurrency 32]
 
-It starts the simulated upstream (examples/simulated_upstream.py, a stand-in for a real LLM, here
+It starts the simulated upstream (gateway/http/simulated_upstream.py, a stand-in for a real LLM, here
 at 0 ms latency) and the gateway (`semcache serve`, real uvicorn with uvloop/httptools when they
 are installed) as subprocesses, and measures, interleaved request by request so that other load
 on the machine falls on every series alike:
@@ -404,7 +404,7 @@ async def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     }
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    upstream_cmd = [sys.executable, str(ROOT / "examples" / "simulated_upstream.py"), "--port", str(upstream_port)]
+    upstream_cmd = [sys.executable, "-m", "gateway.http.simulated_upstream", "--port", str(upstream_port)]
     gateway_cmd = [*semcache_command(), "serve", "--config", str(config_path), "--port", str(gateway_port)]
     up_log, gw_log = workdir / "upstream.log", workdir / "gateway.log"
     with (

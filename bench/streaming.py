@@ -24,7 +24,6 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from latency import (
-    ROOT,
     free_port,
     percentile,
     semcache_command,
@@ -63,7 +62,7 @@ async def measure(args: argparse.Namespace, workdir: Path) -> str:
     gateway = f"http://127.0.0.1:{gateway_port}"
     config = write_config(workdir, upstream_url=upstream, gateway_port=gateway_port, max_wait_ms=None)
     env = dict(os.environ)
-    upstream_cmd = [sys.executable, str(ROOT / "examples" / "simulated_upstream.py"), "--port", str(upstream_port)]
+    upstream_cmd = [sys.executable, "-m", "gateway.http.simulated_upstream", "--port", str(upstream_port)]
     with (
         subprocess_running(upstream_cmd, log=workdir / "upstream.log", env=env) as upstream_process,
         subprocess_running(

@@ -3,7 +3,7 @@ replay of prompts with paraphrases, sent through the official `openai` SDK.
 
     .venv/bin/python examples/demo.py [--upstream-port 9000] [--gateway-port 8080] [--latency-ms 400]
 
-The upstream is examples/simulated_upstream.py: a stand-in for a real LLM that answers with text
+The upstream is gateway/http/simulated_upstream.py: a stand-in for a real LLM that answers with text
 derived from the question after an artificial delay, so that cache hits are visibly faster. The
 gateway runs as `semcache serve` with config.example.yaml, rewritten into a temporary file with the
 chosen ports and a fresh SQLite path, so every demo starts with an empty cache. Both processes are
@@ -215,10 +215,10 @@ def run(args: argparse.Namespace) -> int:
         config = write_config(directory, upstream_port=args.upstream_port, gateway_port=args.gateway_port)
         models = yaml.safe_load(config.read_text(encoding="utf-8"))["upstream"].get("models") or ["sim-large"]
         upstream_log, gateway_log = directory / "upstream.log", directory / "gateway.log"
-        upstream_cmd = [sys.executable, str(ROOT / "examples" / "simulated_upstream.py")]
+        upstream_cmd = [sys.executable, "-m", "gateway.http.simulated_upstream"]
         upstream_cmd += ["--port", str(args.upstream_port), "--latency-ms", str(args.latency_ms)]
         gateway_cmd = [*semcache_command(), "serve", "--config", str(config), "--port", str(args.gateway_port)]
-        print(f"upstream: SIMULATED stand-in for a real LLM (examples/simulated_upstream.py) at {upstream_url},")
+        print(f"upstream: SIMULATED stand-in for a real LLM (gateway/http/simulated_upstream.py) at {upstream_url},")
         print(f"          answering every request after {args.latency_ms:.0f} ms of artificial latency")
         print(f"gateway:  semcache serve (config.example.yaml, fresh cache) at {gateway_url}")
         with (

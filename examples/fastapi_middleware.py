@@ -7,7 +7,7 @@ in front of it answers repeated and paraphrased questions without calling the en
         a streamed paraphrase (a hit replayed as SSE) and a route of the app's own; exits 0 if all is
         as expected.
     python examples/fastapi_middleware.py --upstream http://127.0.0.1:9000/v1 --port 8000
-        serves the app (start examples/simulated_upstream.py first, or point it at any
+        serves the app (start `semcache simulate-upstream` first, or point it at any
         OpenAI-compatible server).
 """
 
@@ -34,9 +34,9 @@ from starlette.background import BackgroundTask
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from examples.local_servers import running
-from examples.simulated_upstream import UpstreamState, create_upstream_app
 from gateway import GatewayConfig, SemanticCache, SemanticCacheMiddleware
 from gateway.config import CacheConfig, StoreConfig
+from gateway.http.simulated_upstream import UpstreamState, create_upstream_app
 
 QUESTION = "How do I reverse a list in Python?"
 PARAPHRASE = "What is the way to reverse a Python list?"

@@ -21,9 +21,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from examples.local_servers import running
-from examples.simulated_upstream import UpstreamState, create_upstream_app
 from gateway import GatewayConfig, SemanticCache
 from gateway.config import CacheConfig, StoreConfig
+from gateway.http.simulated_upstream import UpstreamState, create_upstream_app
 from gateway.litellm_cache import LiteLLMSemanticCache
 from gateway.upstream import import_litellm
 

@@ -21,9 +21,9 @@ import openai
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from examples.local_servers import running
-from examples.simulated_upstream import UpstreamState, create_upstream_app
 from gateway import GatewayConfig, create_app
 from gateway.config import CacheConfig, StoreConfig, UpstreamConfig
+from gateway.http.simulated_upstream import UpstreamState, create_upstream_app
 
 QUESTION = "How do I reverse a list in Python?"
 PARAPHRASE = "What is the way to reverse a Python list?"

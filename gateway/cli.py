@@ -167,6 +167,13 @@ def _tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _simulate_upstream(args: argparse.Namespace) -> int:
+    from gateway.http.simulated_upstream import main as simulate
+
+    simulate(args.options)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="semcache", description="Semantic cache gateway for LLM APIs")
     parser.add_argument("--version", action="version", version=f"semcache {_version()}")
@@ -198,6 +205,12 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--threads", type=int, default=1, help="torch threads on the CPU")
     tune.add_argument("--device", help="cpu or cuda (default: cuda where available)")
     tune.set_defaults(run=_tune)
+    simulate = commands.add_parser(
+        "simulate-upstream", help="a simulated OpenAI-compatible LLM (a stand-in for demos and load tests)",
+        add_help=False,
+    )  # fmt: skip
+    simulate.add_argument("options", nargs=argparse.REMAINDER, help="see `semcache simulate-upstream --help`")
+    simulate.set_defaults(run=_simulate_upstream)
     return parser
 
 

@@ -17,10 +17,10 @@ import pytest
 from hypothesis import settings
 
 from embeddings import Embedder, SentenceTransformerEmbedder
-from examples.simulated_upstream import UpstreamState, create_upstream_app
 from gateway.app import create_app
 from gateway.cache.engine import Clock
 from gateway.config import CacheConfig, GatewayConfig, StoreConfig, UpstreamConfig
+from gateway.http.simulated_upstream import UpstreamState, create_upstream_app
 from gateway.stores import Store
 from tests.doubles import CountingEmbedder, FakeClock
 from tests.servers import RunningServer, serve

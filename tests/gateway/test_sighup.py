@@ -18,7 +18,7 @@ import httpx
 import pytest
 import yaml
 
-from examples.simulated_upstream import UpstreamState, create_upstream_app
+from gateway.http.simulated_upstream import UpstreamState, create_upstream_app
 from tests.servers import free_port, serve
 
 REPO = Path(__file__).resolve().parents[2]

@@ -27,10 +27,10 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from embeddings import Embedder
-from examples.simulated_upstream import UpstreamState, create_upstream_app
 from gateway.cache.semantic_cache import SemanticCache
 from gateway.config import CacheConfig, GatewayConfig, StoreConfig
 from gateway.http.middleware import SemanticCacheMiddleware
+from gateway.http.simulated_upstream import UpstreamState, create_upstream_app
 from gateway.wire.streams import decode_sse
 from tests.servers import serve
 from tests.stored import stored, until_stored, wait_until_stored

@@ -32,7 +32,7 @@ import json, sys, tempfile, threading
 
 import httpx
 
-from examples.simulated_upstream import UpstreamState, create_upstream_app
+from gateway.http.simulated_upstream import UpstreamState, create_upstream_app
 from gateway.app import create_app
 from gateway.config import CacheConfig, GatewayConfig, StoreConfig, UpstreamConfig
 from tests.servers import serve

@@ -23,8 +23,8 @@ from typing import Any
 import httpx
 import pytest
 
-from examples.simulated_upstream import UpstreamState, create_upstream_app
 from gateway.errors import UpstreamError
+from gateway.http.simulated_upstream import UpstreamState, create_upstream_app
 from gateway.upstream import LiteLLMUpstream, Upstream, import_litellm, translate_error
 from tests.servers import free_port, serve
 

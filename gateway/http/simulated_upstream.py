@@ -6,7 +6,15 @@ through POST /control. Errors have OpenAI's shape, with the type, code, param, m
 (retry-after, x-ratelimit-*) it is told; answers carry x-request-id, openai-processing-ms and
 x-ratelimit-* as OpenAI's do. Every request it receives is recorded and listed at GET /control/requests.
 
-    python examples/simulated_upstream.py --port 9000 [--latency-ms 200]
+    semcache simulate-upstream --port 9000 [--latency-ms 200] [--capacity 8] [--classes classes.json]
+
+A realistic stand-in must answer paraphrases alike and different questions differently, or a cache
+that learns from the upstream's answers (verified thresholds) rightly learns never to serve: given
+`classes` (prompt → class label), every prompt of a class gets that class's answer. Given a
+`capacity` (concurrent requests), it answers 429 with Retry-After beyond it, and its latency grows
+with the requests in flight, as a loaded model server's does.
+
+It ships with the gateway (the demo, the benches and the tests use it); it is not an LLM.
 """
 
 from __future__ import annotations
@@ -16,8 +24,9 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
@@ -70,6 +79,12 @@ def _answer_headers() -> dict[str, str]:
 @dataclass(slots=True)
 class UpstreamState:
     latency_ms: float = 0.0
+    # Normalized prompt (whitespace and case folded) → class: prompts of a class are answered alike.
+    classes: dict[str, str] = field(default_factory=dict)
+    # Most requests in flight at once (None: unbounded); beyond it, 429. Latency grows with load:
+    # latency_ms * (1 + in_flight / capacity).
+    capacity: int | None = None
+    in_flight: int = 0
     faults: Faults = field(default_factory=Faults)
     received: list[dict[str, Any]] = field(default_factory=list)
     record: bool = True
@@ -86,13 +101,21 @@ class UpstreamState:
         return faults
 
 
-def _answer_text(body: dict[str, Any]) -> str:
+def class_key(prompt: str) -> str:
+    """How `UpstreamState.classes` is keyed: case and whitespace do not matter."""
+    return " ".join(prompt.lower().split())
+
+
+def _answer_text(body: dict[str, Any], classes: dict[str, str]) -> str:
     messages = body.get("messages") or []
     last = messages[-1].get("content") if messages else ""
     if isinstance(last, list):
         last = " ".join(str(part.get("text", "")) for part in last)
     turns = len(messages)
     temperature = body.get("temperature")
+    label = classes.get(class_key(str(last)))
+    if label is not None:
+        return f"Simulated answer from {body.get('model')} (turns={turns}, t={temperature}) for class {label}."
     return f"Simulated answer from {body.get('model')} (turns={turns}, t={temperature}) to: {last}"
 
 
@@ -124,51 +147,18 @@ def create_upstream_app(state: UpstreamState | None = None) -> Starlette:  # noq
         body = await request.json()
         if state.record:
             state.received.append(body)
-        faults = state.take_faults()
-        if state.latency_ms:
-            await asyncio.sleep(state.latency_ms / 1000)
-        if faults.stall_s:
-            await asyncio.sleep(faults.stall_s)
-        if faults.status is not None:
-            return faults.error()
-        completion_id = f"chatcmpl-{uuid.uuid4().hex}"
-        created = int(time.time())
-        text = _answer_text(body)
-        tool_calls = _tool_calls(body)
-        finish_reason = "tool_calls" if tool_calls else faults.finish_reason
-        message: dict[str, Any] = {"role": "assistant", "content": None if tool_calls else text}
-        if tool_calls:
-            message["tool_calls"] = tool_calls
-        if body.get("stream"):
-            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            return StreamingResponse(
-                _tracked(
-                    state,
-                    _stream(
-                        body=body,
-                        completion_id=completion_id,
-                        created=created,
-                        message=message,
-                        finish_reason=finish_reason,
-                        include_usage=include_usage,
-                        truncate=faults.truncate_stream,
-                        chunk_delay_s=faults.chunk_delay_s,
-                    ),
-                ),
-                media_type="text/event-stream",
-                headers=_answer_headers(),
-            )
-        return JSONResponse(
-            {
-                "id": completion_id,
-                "object": "chat.completion",
-                "created": created,
-                "model": body.get("model"),
-                "choices": [{"index": 0, "message": message, "finish_reason": finish_reason, "logprobs": None}],
-                "usage": _usage(body, text),
-            },
-            headers=_answer_headers(),
-        )
+        if state.capacity is not None and state.in_flight >= state.capacity:
+            return _overloaded()
+        state.in_flight += 1
+        handed_to_stream = False
+        try:
+            response = await _chat_answer(state, body)
+            if isinstance(response, StreamingResponse):
+                handed_to_stream = True  # the stream's end releases its slot
+            return response
+        finally:
+            if not handed_to_stream:
+                state.in_flight -= 1
 
     async def completions(request: Request) -> Response:
         """Legacy text completions: the answer is derived from `prompt`."""
@@ -236,6 +226,11 @@ def create_upstream_app(state: UpstreamState | None = None) -> Starlette:  # noq
             state.latency_ms = float(settings.pop("latency_ms"))
         if "record" in settings:
             state.record = bool(settings.pop("record"))
+        if "capacity" in settings:
+            capacity = settings.pop("capacity")
+            state.capacity = None if capacity is None else int(capacity)
+        if "classes" in settings:
+            state.classes = {class_key(prompt): str(label) for prompt, label in settings.pop("classes").items()}
         state.faults = Faults(**settings)
         return JSONResponse({"ok": True})
 
@@ -260,6 +255,66 @@ def create_upstream_app(state: UpstreamState | None = None) -> Starlette:  # noq
     return app
 
 
+def _latency_s(state: UpstreamState) -> float:
+    """A loaded server answers slower: the base latency, stretched by the share of capacity in use."""
+    load = state.in_flight / state.capacity if state.capacity else 0.0
+    return state.latency_ms / 1000 * (1 + load)
+
+
+def _overloaded() -> Response:
+    error = {"message": "Rate limit reached: too many requests in flight", "type": "rate_limit_error",
+             "param": None, "code": "rate_limit_exceeded"}  # fmt: skip
+    return JSONResponse({"error": error}, status_code=429, headers={"retry-after": "1"})
+
+
+async def _chat_answer(state: UpstreamState, body: dict[str, Any]) -> Response:
+    faults = state.take_faults()
+    if state.latency_ms:
+        await asyncio.sleep(_latency_s(state))
+    if faults.stall_s:
+        await asyncio.sleep(faults.stall_s)
+    if faults.status is not None:
+        return faults.error()
+    completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+    created = int(time.time())
+    text = _answer_text(body, state.classes)
+    tool_calls = _tool_calls(body)
+    finish_reason = "tool_calls" if tool_calls else faults.finish_reason
+    message: dict[str, Any] = {"role": "assistant", "content": None if tool_calls else text}
+    if tool_calls:
+        message["tool_calls"] = tool_calls
+    if body.get("stream"):
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        return StreamingResponse(
+            _tracked(
+                state,
+                _stream(
+                    body=body,
+                    completion_id=completion_id,
+                    created=created,
+                    message=message,
+                    finish_reason=finish_reason,
+                    include_usage=include_usage,
+                    truncate=faults.truncate_stream,
+                    chunk_delay_s=faults.chunk_delay_s,
+                ),
+            ),
+            media_type="text/event-stream",
+            headers=_answer_headers(),
+        )
+    return JSONResponse(
+        {
+            "id": completion_id,
+            "object": "chat.completion",
+            "created": created,
+            "model": body.get("model"),
+            "choices": [{"index": 0, "message": message, "finish_reason": finish_reason, "logprobs": None}],
+            "usage": _usage(body, text),
+        },
+        headers=_answer_headers(),
+    )
+
+
 async def _tracked(state: UpstreamState, events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     finished = False
     try:
@@ -267,6 +322,7 @@ async def _tracked(state: UpstreamState, events: AsyncIterator[bytes]) -> AsyncI
             yield event
         finished = True
     finally:  # also when the client hangs up: uvicorn cancels the response mid-stream
+        state.in_flight -= 1
         if finished:
             state.streams_finished += 1
         else:
@@ -319,15 +375,23 @@ async def _stream(
     yield b"data: [DONE]\n\n"
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     import uvicorn
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9000)
     parser.add_argument("--latency-ms", type=float, default=0.0)
-    args = parser.parse_args()
-    state = UpstreamState(latency_ms=args.latency_ms, record=False)
+    parser.add_argument("--capacity", type=int, help="most requests in flight; beyond it 429")
+    parser.add_argument("--classes", type=Path, help='a JSON file {"prompt": "class", ...}: a class is answered alike')
+    args = parser.parse_args(argv)
+    classes = json.loads(args.classes.read_text(encoding="utf-8")) if args.classes else {}
+    state = UpstreamState(
+        latency_ms=args.latency_ms,
+        record=False,
+        capacity=args.capacity,
+        classes={class_key(prompt): str(label) for prompt, label in classes.items()},
+    )
     uvicorn.run(create_upstream_app(state), host=args.host, port=args.port, log_level="warning")
 
 
