@@ -190,6 +190,7 @@ class Catalog:
             created_at=now,
             expires_at=now + ttl_s,
             category=category.name,
+            max_ttl_s=ttl_s if ttl_s < category.ttl_s else None,
         )
         async with self._write_lock:
             index = self._indexes.get(category.name)  # under the lock: a reload may have dropped it
@@ -356,4 +357,5 @@ def _index_item(entry: CacheEntry) -> IndexItem:
         expires_at=entry.expires_at,
         hit_count=entry.hit_count,
         last_used_at=entry.last_used_at,
+        max_ttl_s=entry.max_ttl_s,
     )

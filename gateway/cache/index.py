@@ -67,6 +67,7 @@ class _Slot:
     expires_at: float
     hits: int
     last_used_at: float
+    max_ttl_s: float | None = None
 
     def value(self, now: float) -> float:
         """What keeping this entry is worth: hits per idle second. A popular entry survives a quiet
@@ -89,6 +90,8 @@ class IndexItem:
     expires_at: float
     hit_count: int = 0
     last_used_at: float | None = None
+    # The entry's own TTL cap (a request asked for less than its category's): retime keeps it.
+    max_ttl_s: float | None = None
 
 
 class VectorIndex:
@@ -235,7 +238,7 @@ class VectorIndex:
     def _retime(self, ttl_s: float) -> None:
         with self._lock:
             for slot in self._by_id.values():
-                slot.expires_at = slot.created_at + ttl_s
+                slot.expires_at = slot.created_at + (ttl_s if slot.max_ttl_s is None else min(ttl_s, slot.max_ttl_s))
             self._expiry = [(slot.expires_at, slot.entry_id) for slot in self._by_id.values()]
             heapq.heapify(self._expiry)
 
@@ -357,6 +360,7 @@ def _slot(item: IndexItem) -> _Slot:
         expires_at=item.expires_at,
         hits=item.hit_count,
         last_used_at=item.last_used_at if item.last_used_at is not None else item.created_at,
+        max_ttl_s=item.max_ttl_s,
     )
 
 

@@ -38,6 +38,9 @@ class CacheEntry:
     category: str = "default"
     hit_count: int = 0
     last_used_at: float | None = None
+    # A request's own TTL when it was shorter than its category's: a later retime (a changed
+    # category TTL, a restart) keeps the entry's life at most this long.
+    max_ttl_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -70,6 +70,7 @@ def _to_row(entry: CacheEntry) -> tuple[Any, ...]:
             "model": entry.model,
             "request": entry.request,
             "response": entry.response,
+            **({} if entry.max_ttl_s is None else {"max_ttl_s": entry.max_ttl_s}),
         },
         separators=(",", ":"),
     )
@@ -94,6 +95,7 @@ def _from_row(row: tuple[Any, ...]) -> CacheEntry:
         request=doc["request"],
         response=doc["response"],
         model=doc["model"],
+        max_ttl_s=doc.get("max_ttl_s"),
         created_at=created_at,
         expires_at=expires_at,
         category=category,
@@ -345,7 +347,10 @@ class SqliteStore:
     async def retime_category(self, category: str, *, ttl_s: float) -> None:
         await self._call(
             lambda: self._conn().execute(
-                "UPDATE entries SET expires_at = created_at + ? WHERE category = ?", (ttl_s, category)
+                # An entry stored with a shorter TTL of its own keeps it (its document says so).
+                "UPDATE entries SET expires_at = created_at"
+                " + MIN(?, COALESCE(json_extract(document, '$.max_ttl_s'), ?)) WHERE category = ?",
+                (ttl_s, ttl_s, category),
             )
         )
 

@@ -448,6 +448,19 @@ def test_a_requests_ttl_shortens_its_entrys_life_and_a_longer_one_is_clamped(
     assert ask(gateway, UNRELATED)[0] == "exact"
 
 
+def test_a_requests_shorter_ttl_survives_a_restart(start_gateway: GatewayFactory, clock: FakeClock) -> None:
+    # A restart retimes every entry to its category's TTL (a changed policy applies to old entries):
+    # an entry whose request asked for less keeps its own.
+    with start_gateway() as first:
+        ask(first, QUESTION, extra_body={"cache": {"ttl": 60}})
+        first.wait_until_stored(1)
+    with start_gateway() as second:
+        clock.advance(59)
+        assert ask(second, QUESTION)[0] == "exact"
+        clock.advance(2)
+        assert ask(second, QUESTION)[0] == "miss"
+
+
 @pytest.mark.parametrize(
     ("headers", "cache", "param"),
     [
