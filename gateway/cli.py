@@ -43,15 +43,17 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from embeddings import SentenceTransformerEmbedder
+    from embeddings import open_embedder
     from gateway.cache.semantic_cache import configured_policy, embedding_model
+    from gateway.config import embedder_spec
     from gateway.tools.calibrate import calibrate, read_pairs, report
 
     config = load_config(args.config)
     policy = configured_policy(config)
     pairs = read_pairs(Path(args.pairs))
     print(f"semcache calibrate: {len(pairs)} labelled pairs, {len(policy.names)} categories", file=sys.stderr)
-    embedder = SentenceTransformerEmbedder(embedding_model(config, policy), threads=config.embedding.threads)
+    # The backend that will serve: thresholds are calibrated on the vectors it gives (int8's differ).
+    embedder = open_embedder(embedder_spec(config, embedding_model(config, policy)))
     result = calibrate(
         pairs,
         policy=policy,
