@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -26,7 +26,7 @@ class EmbedderSpec:
     threads: int = 1
     quantize: Quantize = "none"
     # Where exported ONNX graphs are kept (by the weights' digest); unused by torch.
-    onnx_cache_dir: Path = Path(".semcache/onnx")
+    onnx_cache_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "semcache" / "onnx")
 
 
 def _torch(spec: EmbedderSpec) -> Embedder:

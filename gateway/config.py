@@ -57,8 +57,8 @@ class EmbeddingConfig:
     # (cosine ~0.99 to fp32) and so do hit decisions near a threshold: measured in bench/embedders.py.
     # The store's vectors are another model's then, and are dropped on the switch.
     quantize: Literal["none", "int8"] = "none"
-    # ONNX only: where exported graphs are kept; relative to the config file. Unset: `.semcache/onnx`
-    # in the store's folder.
+    # ONNX only: where exported graphs are kept; relative to the config file. Unset: the user's
+    # `~/.cache/semcache/onnx`, so that a gateway on a fresh store (a demo, a test) exports only once.
     onnx_cache_dir: str | None = None
 
     def __post_init__(self) -> None:
@@ -159,13 +159,12 @@ def embedder_spec(config: GatewayConfig, model: str) -> EmbedderSpec:
     """What to build the embedder from: `model` (the policy's or the config's) the way the config says."""
     embedding = config.embedding
     cache_dir = embedding.onnx_cache_dir
-    beside_store = Path(config.cache.store.path).parent / ".semcache" / "onnx"
     return EmbedderSpec(
         model=model,
         backend=embedding.backend,
         threads=embedding.threads,
         quantize=embedding.quantize,
-        onnx_cache_dir=Path(cache_dir) if cache_dir is not None else beside_store,
+        onnx_cache_dir=Path(cache_dir) if cache_dir is not None else Path.home() / ".cache" / "semcache" / "onnx",
     )
 
 

@@ -42,13 +42,13 @@ def test_the_example_config_loads() -> None:
     assert config.tenants == ()
 
 
-def test_the_embedding_defaults_are_onnx_fp32_cached_beside_the_store() -> None:
-    config = parse_config({"cache": {"store": {"path": "/var/lib/semcache/cache.db"}}})
+def test_the_embedding_defaults_are_onnx_fp32_cached_per_user() -> None:
+    config = parse_config({})
 
     spec = embedder_spec(config, config.embedding.model)
 
     assert (spec.backend, spec.quantize, spec.threads) == ("onnx", "none", 1)
-    assert spec.onnx_cache_dir == Path("/var/lib/semcache/.semcache/onnx")
+    assert spec.onnx_cache_dir == Path.home() / ".cache" / "semcache" / "onnx"
 
 
 def test_onnx_int8_and_a_cache_folder_relative_to_the_config_file(tmp_path: Path) -> None:
