@@ -47,8 +47,8 @@ HAND_WRITTEN = [
 
 
 @pytest.fixture(scope="module")
-def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("onnx")
+def onnx_cache(onnx_graphs: Path) -> Path:
+    return onnx_graphs
 
 
 @pytest.fixture(scope="module")
@@ -200,6 +200,14 @@ def test_the_cache_key_follows_the_weights(onnx_cache: Path, onnx_embedder: Onnx
     torch_retuned = SentenceTransformerEmbedder(str(copy)).embed(text)[0].vector
     assert float(retuned.embed(text)[0].vector @ torch_retuned) >= 0.9999
     assert float(retuned.embed(text)[0].vector @ onnx_embedder.embed(text)[0].vector) < 0.9999
+
+
+def test_the_backend_table(onnx_cache: Path, onnx_embedder: OnnxEmbedder) -> None:
+    onnx = open_embedder(EmbedderSpec(model=PACKAGED_MODEL, onnx_cache_dir=onnx_cache))
+    torch = open_embedder(EmbedderSpec(model=PACKAGED_MODEL, backend="torch", onnx_cache_dir=onnx_cache))
+
+    assert isinstance(onnx, OnnxEmbedder) and onnx.graph_path == onnx_embedder.graph_path
+    assert isinstance(torch, SentenceTransformerEmbedder)
 
 
 def test_a_model_the_onnx_path_cannot_run_falls_back_to_torch(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
