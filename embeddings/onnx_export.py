@@ -5,10 +5,10 @@ transformer, mean pooling over the attention mask and the Normalize module) trac
 exporter, so pooling and normalization are sentence-transformers' own code, not a copy of it. Before
 a graph is kept it must reproduce the torch model's vectors on a probe batch.
 
-Files in `cache_dir`, named by the weights' digest: `<digest>-v<N>-<fp32|int8>.onnx` and a JSON
-manifest beside it with the graph's SHA-256. Both are written to a temporary file and renamed, and
-the manifest last: a graph cut short by a crash, or altered on disk, fails the checksum and is
-exported again.
+Files in `cache_dir`, named by the weights' digest and a digest of the folder's settings:
+`<weights>-<settings>-v<N>-<fp32|int8>.onnx`, and a JSON manifest beside it with the graph's SHA-256.
+Both are written to a temporary file and renamed, the manifest last: a graph cut short by a crash,
+or altered on disk, fails the checksum and is exported again.
 """
 
 from __future__ import annotations
@@ -58,20 +58,31 @@ class ExportedGraph:
     dimension: int
 
 
-def graph_stem(digest: str, quantize: Quantize) -> str:
-    return f"{digest}-v{FORMAT_VERSION}-{'fp32' if quantize == 'none' else quantize}"
+def graph_key(folder: Path, digest: str) -> str:
+    """The weights' digest, and one of the folder's JSON files (modules, pooling, window, tokenizer):
+    they shape the graph too, so that editing one gives a new graph rather than the old one reused."""
+    settings = hashlib.sha256()
+    for path in sorted(folder.rglob("*.json")):
+        settings.update(path.relative_to(folder).as_posix().encode())
+        settings.update(path.read_bytes())
+    return f"{digest}-{settings.hexdigest()[:8]}"
+
+
+def graph_stem(key: str, quantize: Quantize) -> str:
+    return f"{key}-v{FORMAT_VERSION}-{'fp32' if quantize == 'none' else quantize}"
 
 
 def exported_graph(folder: Path, digest: str, *, cache_dir: Path, quantize: Quantize) -> ExportedGraph:
     """The cached graph of the model in `folder` whose weights have `digest`; exported (and
     quantized) first when it is missing or fails its checksum. Blocking: seconds on a first export."""
-    found = _cached(cache_dir, digest, quantize)
+    key = graph_key(folder, digest)
+    found = _cached(cache_dir, key, quantize)
     if found is not None:
         return found
     cache_dir.mkdir(parents=True, exist_ok=True)
     if quantize == "none":
-        return _export_fp32(folder, digest, cache_dir)
-    return _quantize_int8(folder, exported_graph(folder, digest, cache_dir=cache_dir, quantize="none"), digest)
+        return _export_fp32(folder, key, cache_dir)
+    return _quantize_int8(folder, exported_graph(folder, digest, cache_dir=cache_dir, quantize="none"), key)
 
 
 def sha256_of(path: Path) -> str:
@@ -82,12 +93,12 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _cached(cache_dir: Path, digest: str, quantize: Quantize) -> ExportedGraph | None:
-    stem = graph_stem(digest, quantize)
+def _cached(cache_dir: Path, key: str, quantize: Quantize) -> ExportedGraph | None:
+    stem = graph_stem(key, quantize)
     graph, manifest_path = cache_dir / f"{stem}.onnx", cache_dir / f"{stem}.json"
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        problem = _manifest_problem(manifest, graph, digest)
+        problem = _manifest_problem(manifest, graph, key)
         if problem is None:
             return ExportedGraph(
                 path=graph, window_tokens=int(manifest["window_tokens"]), dimension=int(manifest["dimension"])
@@ -100,17 +111,17 @@ def _cached(cache_dir: Path, digest: str, quantize: Quantize) -> ExportedGraph |
     return None
 
 
-def _manifest_problem(manifest: Any, graph: Path, digest: str) -> str | None:
+def _manifest_problem(manifest: Any, graph: Path, key: str) -> str | None:
     if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
         return "written by another version"
-    if manifest.get("weights_digest") != digest:
-        return "exported from other weights"
+    if manifest.get("key") != key:
+        return "exported from another model"
     if sha256_of(graph) != manifest.get("onnx_sha256"):
         return "its checksum does not match: cut short or altered"
     return None
 
 
-def _export_fp32(folder: Path, digest: str, cache_dir: Path) -> ExportedGraph:
+def _export_fp32(folder: Path, key: str, cache_dir: Path) -> ExportedGraph:
     import torch
     from sentence_transformers import SentenceTransformer
 
@@ -133,7 +144,7 @@ def _export_fp32(folder: Path, digest: str, cache_dir: Path) -> ExportedGraph:
     # Traced on a padded batch, so that no "mask is all ones" shortcut is baked into the graph.
     example = tokenizer.encode(list(_PROBE[:2])).feeds
     axes = {name: {0: "batch", 1: "sequence"} for name in _INPUTS}
-    target = cache_dir / f"{graph_stem(digest, 'none')}.onnx"
+    target = cache_dir / f"{graph_stem(key, 'none')}.onnx"
     with _temporary_beside(target) as temporary, torch.no_grad(), warnings.catch_warnings():
         # The tracer warns about every Python branch on a tensor's shape; whether the graph it
         # produced is right for other shapes is what the probe below checks.
@@ -149,22 +160,22 @@ def _export_fp32(folder: Path, digest: str, cache_dir: Path) -> ExportedGraph:
             dynamo=False,
         )
         _probe(temporary, tokenizer, reference, "none")
-        return _keep(temporary, target, digest, window, int(reference.shape[1]))
+        return _keep(temporary, target, key, window, int(reference.shape[1]))
 
 
-def _quantize_int8(folder: Path, fp32: ExportedGraph, digest: str) -> ExportedGraph:
+def _quantize_int8(folder: Path, fp32: ExportedGraph, key: str) -> ExportedGraph:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     tokenizer = WindowTokenizer(folder, window_tokens=fp32.window_tokens)
     reference = run_graph(open_session(fp32.path, threads=1), tokenizer.encode(list(_PROBE)).feeds)
-    target = fp32.path.parent / f"{graph_stem(digest, 'int8')}.onnx"
+    target = fp32.path.parent / f"{graph_stem(key, 'int8')}.onnx"
     with _temporary_beside(target) as temporary:
         # Weights stored as int8, activations quantized per batch at run time: no calibration data.
         # One scale per output channel: with one per tensor MiniLM's vectors moved to cosine 0.91
         # of fp32 on the probe (measured), per channel ≥ 0.98.
         quantize_dynamic(str(fp32.path), str(temporary), weight_type=QuantType.QInt8, per_channel=True)
         _probe(temporary, tokenizer, reference, "int8")
-        return _keep(temporary, target, digest, fp32.window_tokens, fp32.dimension)
+        return _keep(temporary, target, key, fp32.window_tokens, fp32.dimension)
 
 
 def open_session(path: Path, *, threads: int) -> Any:
@@ -211,13 +222,13 @@ def _temporary_beside(target: Path) -> Iterator[Path]:
         temporary.unlink(missing_ok=True)
 
 
-def _keep(temporary: Path, target: Path, digest: str, window: int, dimension: int) -> ExportedGraph:
+def _keep(temporary: Path, target: Path, key: str, window: int, dimension: int) -> ExportedGraph:
     checksum = sha256_of(temporary)
     temporary.chmod(0o644)  # mkstemp's 0600 would keep a shared cache folder's graphs from other users
     os.replace(temporary, target)
     manifest = {
         "format_version": FORMAT_VERSION,
-        "weights_digest": digest,
+        "key": key,
         "onnx_sha256": checksum,
         "window_tokens": window,
         "dimension": dimension,

@@ -20,7 +20,7 @@ from embeddings import (
     open_embedder,
 )
 from embeddings.model_folder import resolve_model_path, weights_digest
-from embeddings.onnx_export import sha256_of
+from embeddings.onnx_export import graph_key, sha256_of
 from embeddings.protocol import Vector
 
 _: Embedder = OnnxEmbedder.__new__(OnnxEmbedder)
@@ -182,6 +182,13 @@ def test_the_cache_key_follows_the_weights(onnx_cache: Path, onnx_embedder: Onnx
     shutil.copytree(original, copy)
     # An identical copy: the same digest, so the same cached graph (no export).
     assert OnnxEmbedder(str(copy), cache_dir=onnx_cache).graph_path == onnx_embedder.graph_path
+    # The window and pooling settings shape the graph too: editing them is another key.
+    settings = copy / "sentence_bert_config.json"
+    key = graph_key(copy, weights_digest(copy))
+    settings.write_text(settings.read_text(encoding="utf-8").replace("256", "128"), encoding="utf-8")
+    assert graph_key(copy, weights_digest(copy)) != key
+    settings.write_text(settings.read_text(encoding="utf-8").replace("128", "256"), encoding="utf-8")
+    assert graph_key(copy, weights_digest(copy)) == key
     weights = load_file(str(copy / "model.safetensors"))
     rng = np.random.default_rng(0)
     for key, tensor in weights.items():
