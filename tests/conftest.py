@@ -37,6 +37,12 @@ def real_embedder() -> Embedder:
     return SentenceTransformerEmbedder()
 
 
+@pytest.fixture(scope="session")
+def onnx_graphs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cache folder of exported ONNX graphs shared by the session's tests: one export, not one each."""
+    return tmp_path_factory.mktemp("onnx")
+
+
 @pytest.fixture
 def embedder(real_embedder: Embedder) -> CountingEmbedder:
     return CountingEmbedder(real_embedder)

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from embeddings import BatcherConfig, Embedder, EmbeddingBatcher, SentenceTransformerEmbedder
+from embeddings import BatcherConfig, Embedder, EmbeddingBatcher, open_embedder
 from gateway.cache.catalog import Catalog
 from gateway.cache.decisions import Bypass, Decision, Hit, Miss
 from gateway.cache.engine import ActivePolicy, CacheEngine, Clock, LookupSettings
@@ -38,7 +38,7 @@ from gateway.cache.feedback import (
 )
 from gateway.cache.scope import CacheKey, cache_key, is_listed, tenant_for
 from gateway.cache.tasks import TaskTracker
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, embedder_spec
 from gateway.errors import AlreadyRated, ConfigError, HitNotFound, InvalidRequest, ServiceUnavailable
 from gateway.metrics import Metrics
 from gateway.stores import CacheEntry, DeadlineStore, Store, open_store
@@ -170,11 +170,11 @@ class SemanticCache:
         self._embedding_model = policy.embedding_model
         embedder = self._embedder
         if embedder is None:
-            # Loading the model takes seconds: off the event loop.
+            # Loading the model takes seconds (a first ONNX export more): off the event loop.
             model = embedding_model(config, policy)
             started = time.perf_counter()
-            logger.info("loading the embedding model %s", model)
-            embedder = await asyncio.to_thread(SentenceTransformerEmbedder, model, threads=config.embedding.threads)
+            logger.info("loading the embedding model %s (%s backend)", model, config.embedding.backend)
+            embedder = await asyncio.to_thread(open_embedder, embedder_spec(config, model))
             logger.info("embedding model loaded in %.1f s", time.perf_counter() - started)
         elif policy.embedding_model is not None:
             logger.warning(

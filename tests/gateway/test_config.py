@@ -11,7 +11,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.config import GatewayConfig, load_config, parse_config, resolve_secrets
+from gateway.config import GatewayConfig, embedder_spec, load_config, parse_config, resolve_secrets
 from gateway.errors import ConfigError
 
 # Hypothesis' deadline and slow-generation check time the machine: speed lives in bench/, not here.
@@ -40,6 +40,26 @@ def test_the_example_config_loads() -> None:
     assert config.cache.store.kind == "sqlite"
     assert config.cache.store.path == ".semcache/cache.db"
     assert config.tenants == ()
+
+
+def test_the_embedding_defaults_are_onnx_fp32_cached_per_user() -> None:
+    config = parse_config({})
+
+    spec = embedder_spec(config, config.embedding.model)
+
+    assert (spec.backend, spec.quantize, spec.threads) == ("onnx", "none", 1)
+    assert spec.onnx_cache_dir == Path.home() / ".cache" / "semcache" / "onnx"
+
+
+def test_onnx_int8_and_a_cache_folder_relative_to_the_config_file(tmp_path: Path) -> None:
+    path = tmp_path / "semcache.yaml"
+    path.write_text("embedding: {quantize: int8, onnx_cache_dir: graphs}\n", encoding="utf-8")
+
+    config = load_config(path)
+    spec = embedder_spec(config, "some/model")
+
+    assert (spec.model, spec.backend, spec.quantize) == ("some/model", "onnx", "int8")
+    assert spec.onnx_cache_dir == (tmp_path / "graphs").resolve()
 
 
 def test_an_empty_file_gives_the_defaults(tmp_path: Path) -> None:
@@ -117,6 +137,14 @@ def test_every_problem_is_reported_at_once() -> None:
         ({"server": ["port", 80]}, "server: must be a mapping, got list"),
         ({"embedding": {"threads": 0}}, "embedding.threads: must be in [1, 256], got 0"),
         ({"embedding": {"max_batch": 1.5}}, "embedding.max_batch: must be an integer, got 1.5"),
+        ({"embedding": {"backend": "jax"}}, "embedding.backend: must be one of 'onnx', 'torch', got 'jax'"),
+        ({"embedding": {"quantize": "int4"}}, "embedding.quantize: must be one of 'none', 'int8', got 'int4'"),
+        ({"embedding": {"quantize": True}}, "embedding.quantize: must be one of 'none', 'int8', got True"),
+        ({"embedding": {"onnx_cache_dir": 5}}, "embedding.onnx_cache_dir: must be a string, got 5"),
+        (
+            {"embedding": {"backend": "torch", "quantize": "int8"}},
+            "embedding: quantize 'int8' needs backend 'onnx' (torch runs the model as it is)",
+        ),
         ({"upstream": {"models": "sim-large"}}, "upstream.models: must be a list, got str"),
         ({"tenants": {"name": "a"}}, "tenants: must be a list, got dict"),
         ({"tenants": ["team-a"]}, "tenants[0]: must be a mapping, got str"),
@@ -197,6 +225,10 @@ sections: dict[str, dict[str, st.SearchStrategy[Any]]] = {
         "max_queue": st.integers(1, 10**6),
         "deadline_ms": positive_floats,
         "threads": st.integers(1, 256),
+        "backend": st.sampled_from(["onnx", "torch"]),
+        # int8 needs the onnx backend: that rule has its own case above.
+        "quantize": st.just("none"),
+        "onnx_cache_dir": st.none() | st.text(min_size=1),
     },
     "cache": {
         "similarity_threshold": st.floats(min_value=0, max_value=1, exclude_min=True, allow_nan=False),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,7 @@ import pytest
 import gateway
 from embeddings import Embedder
 from gateway import CacheControl, CacheHit, CacheMiss, GatewayConfig, InvalidRequest, NotCacheable, SemanticCache
-from gateway.config import CacheConfig, StoreConfig
+from gateway.config import CacheConfig, EmbeddingConfig, StoreConfig
 from tests.bodies import answer, chat
 from tests.doubles import FakeClock
 
@@ -146,6 +148,32 @@ def test_cache_control_max_age_and_no_cache(cache: SemanticCache, clock: FakeClo
     assert isinstance(too_old, CacheMiss)
     assert isinstance(skipped, CacheMiss)
     assert isinstance(fresh_enough, CacheHit)
+
+
+def test_the_configured_onnx_backend_serves_what_torch_stored(
+    config: GatewayConfig, real_embedder: Embedder, onnx_graphs: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Both backends give the same vectors under the same name: switching keeps the store's entries."""
+    onnx_config = replace(config, embedding=EmbeddingConfig(backend="onnx", onnx_cache_dir=str(onnx_graphs)))
+
+    async def with_torch() -> None:
+        async with SemanticCache(config, embedder=real_embedder) as cache:
+            miss = await cache.lookup(chat(QUESTION), api_key="sk-a")
+            assert isinstance(miss, CacheMiss)
+            assert await cache.remember(miss, answer("stored by torch"))
+
+    async def with_onnx() -> Any:
+        async with SemanticCache(onnx_config) as cache:  # the embedder is built from the config
+            return await cache.lookup(chat(PARAPHRASE), api_key="sk-a")
+
+    asyncio.run(with_torch())
+    with caplog.at_level(logging.WARNING):
+        found = asyncio.run(with_onnx())
+
+    assert list(onnx_graphs.glob("*-fp32.onnx")), "the graph was exported (or found) in the configured folder"
+    assert "torch instead" not in caplog.text and "dropped" not in caplog.text
+    assert isinstance(found, CacheHit)
+    assert found.answer["choices"][0]["message"]["content"] == "stored by torch"
 
 
 def test_remember_later_is_drained_at_close_and_survives_a_restart(
