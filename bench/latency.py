@@ -270,7 +270,9 @@ def outcome(response: httpx.Response) -> str:
     return response.headers.get("x-semcache", "?")
 
 
-def write_config(workdir: Path, *, upstream_url: str, gateway_port: int, max_wait_ms: float | None) -> Path:
+def write_config(
+    workdir: Path, *, upstream_url: str, gateway_port: int, max_wait_ms: float | None, backend: str | None
+) -> Path:
     """config.example.yaml with the bench's ports and a fresh store, so every run starts cold."""
     config = yaml.safe_load((ROOT / "config.example.yaml").read_text())
     config["server"]["port"] = gateway_port
@@ -280,6 +282,8 @@ def write_config(workdir: Path, *, upstream_url: str, gateway_port: int, max_wai
         config["policy"] = str((ROOT / config["policy"]).resolve())
     if max_wait_ms is not None:
         config["embedding"]["max_wait_ms"] = max_wait_ms
+    if backend is not None:
+        config["embedding"]["backend"] = backend
     path = workdir / "config.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
@@ -384,14 +388,16 @@ async def hits_and_floor(
 
 
 async def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    from embeddings import SentenceTransformerEmbedder
+    from embeddings import open_embedder
+    from gateway.config import embedder_spec, load_config
     from gateway.upstream import import_litellm
 
     upstream_port, gateway_port = free_port(), free_port()
     upstream_url, gateway_url = f"http://127.0.0.1:{upstream_port}", f"http://127.0.0.1:{gateway_port}"
     config_path = write_config(
-        workdir, upstream_url=upstream_url, gateway_port=gateway_port, max_wait_ms=args.max_wait_ms
-    )
+        workdir, upstream_url=upstream_url, gateway_port=gateway_port, max_wait_ms=args.max_wait_ms,
+        backend=args.backend,
+    )  # fmt: skip
     config = yaml.safe_load(config_path.read_text())
     embedding, cache = config["embedding"], config["cache"]
     batch = int(embedding.get("max_batch", 32))
@@ -413,7 +419,9 @@ async def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     ):
         # The bench's own model and litellm load while both servers start.
         status("loading the embedding model and litellm in-process (servers start meanwhile)")
-        embedder = SentenceTransformerEmbedder(embedding["model"], threads=embedding.get("threads", 1))
+        # The floor embeds with what the gateway embeds with (the config's backend and model).
+        loaded = load_config(config_path)
+        embedder = open_embedder(embedder_spec(loaded, loaded.embedding.model))
         litellm = import_litellm()
         # Idle connections are dropped well before uvicorn's 5 s keep-alive timeout, so that no request
         # races the server closing its connection while the bench measures something in-process.
@@ -661,7 +669,8 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
         "",
         f"- Python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPUs; {versions()}",
         f"- gateway config: embedding max_batch={cfg['max_batch']} max_wait_ms={cfg['max_wait_ms']} "
-        f"threads={cfg['threads']}; policy={policy} (else similarity_threshold={cfg['similarity_threshold']}); "
+        f"threads={cfg['threads']} backend={cfg.get('backend', 'torch')}; policy={policy} "
+        f"(else similarity_threshold={cfg['similarity_threshold']}); "
         f"--requests {args.requests} --concurrency {args.concurrency} "
         f"--concurrent-requests {args.concurrent_requests}",
         f"- paraphrase pairs that hit: {results['pairs_hitting'][0]}/{results['pairs_hitting'][1]}"
@@ -712,6 +721,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--concurrent-requests", type=int, default=1024, help="requests in the hits/s run")
     parser.add_argument("--warmup", type=int, default=20, help="warm-up requests per path")
     parser.add_argument("--max-wait-ms", type=float, help="override embedding.max_wait_ms of config.example.yaml")
+    parser.add_argument(
+        "--backend", choices=["onnx", "torch"], help="override embedding.backend of config.example.yaml"
+    )
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
