@@ -70,3 +70,30 @@ def install() -> NetworkGuard:
     socket.create_connection = guarded_create_connection
     socket.getaddrinfo = guarded_getaddrinfo
     return guard
+
+
+def run_guarded(script: str, *args: str, timeout_s: float) -> dict[str, Any]:
+    """Run `script` (which installs the guard first) in a fresh interpreter from the repository root,
+    with no LITELLM_* or HF_HUB_* variables (the child must switch litellm's network features off by
+    itself, whatever this process set), and return the JSON it prints on its one `RESULT ` line."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {name: value for name, value in os.environ.items() if not name.startswith(("LITELLM_", "HF_HUB_"))}
+    completed = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        cwd=Path(__file__).resolve().parents[1],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    lines = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
+    assert len(lines) == 1, completed.stdout[-4000:] + completed.stderr[-4000:]
+    result: dict[str, Any] = json.loads(lines[0].removeprefix("RESULT "))
+    return result

@@ -10,16 +10,13 @@ misses for such models from the simulated upstream over HTTP while /healthz is p
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[3]
+from tests.network_guard import run_guarded
+
 HUB_TOKENIZER_MODELS = ("meta-llama/Meta-Llama-3-8B-Instruct", "llama-3-8b")
 
 # argv[1]: JSON list of model names.
@@ -89,21 +86,7 @@ print("RESULT " + json.dumps({"results": results, "non_loopback": guard.attempts
 
 @pytest.fixture(scope="module")
 def report() -> Iterator[dict[str, Any]]:
-    # The child must switch litellm's network features off by itself, whatever this process set.
-    env = {name: value for name, value in os.environ.items() if not name.startswith(("LITELLM_", "HF_HUB_"))}
-    completed = subprocess.run(
-        [sys.executable, "-c", SCRIPT, json.dumps(HUB_TOKENIZER_MODELS)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stderr[-4000:]
-    lines = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
-    assert len(lines) == 1, completed.stdout[-4000:] + completed.stderr[-4000:]
-    yield json.loads(lines[0].removeprefix("RESULT "))
+    yield run_guarded(SCRIPT, json.dumps(HUB_TOKENIZER_MODELS), timeout_s=600)
 
 
 def test_the_gateway_reaches_nothing_beyond_loopback(report: dict[str, Any]) -> None:

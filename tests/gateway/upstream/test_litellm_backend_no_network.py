@@ -12,12 +12,8 @@ process-wide state never mixes with the test process's event loops.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -26,9 +22,9 @@ import pytest
 from gateway.errors import UpstreamError
 from gateway.http.simulated_upstream import UpstreamState, create_upstream_app
 from gateway.upstream import LiteLLMUpstream, Upstream, import_litellm, translate_error
+from tests.network_guard import run_guarded
 from tests.servers import free_port, serve
 
-REPO = Path(__file__).resolve().parents[3]
 PROMPT = "How do I reverse a list in Python?"
 
 # argv[1]: the simulated upstream's URL; argv[2]: JSON list of scenarios
@@ -172,23 +168,9 @@ def run() -> Iterator[Run]:
             for kind in ("stream", "complete")
         ),
     ]
-    # The child must switch litellm's network features off by itself, whatever this process set.
-    env = {name: value for name, value in os.environ.items() if not name.startswith("LITELLM_")}
     state = UpstreamState()
     with serve(create_upstream_app(state)) as upstream:
-        completed = subprocess.run(
-            [sys.executable, "-c", SCRIPT, upstream.url, json.dumps(scenarios)],
-            cwd=REPO,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-    assert completed.returncode == 0, completed.stderr[-4000:]
-    lines = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
-    assert len(lines) == 1, completed.stdout[-4000:] + completed.stderr[-4000:]
-    report = json.loads(lines[0].removeprefix("RESULT "))
+        report = run_guarded(SCRIPT, upstream.url, json.dumps(scenarios), timeout_s=300)
     yield Run(
         results=report["results"],
         non_loopback=report["non_loopback"],
