@@ -150,7 +150,9 @@ def test_stream_cut_off_by_the_upstream_is_not_stored(gateway: Gateway, upstream
     assert len(upstream.state.received) == 2
 
 
-def test_a_client_hanging_up_mid_stream_stops_the_upstream_and_leaves_nothing_stored(gateway: Gateway, upstream: Upstream) -> None:
+def test_a_client_hanging_up_mid_stream_stops_the_upstream_and_leaves_nothing_stored(
+    gateway: Gateway, upstream: Upstream
+) -> None:
     upstream.set_faults(chunk_delay_s=0.05, times=1)
     body = {"model": "sim-large", "messages": [{"role": "user", "content": QUESTION}], "stream": True}
     with (
