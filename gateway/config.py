@@ -185,6 +185,8 @@ class VerifiedConfig:
     refit_every: int = field(default=16, metadata=check(in_range(1, 100_000)))
     # Entries whose observations are kept in memory (the most recently used).
     cached_entries: int = field(default=10_000, metadata=check(in_range(1, 10_000_000)))
+    # Seed of the exploration draws, for reproducible runs (tests, benches); unset: random.
+    seed: int | None = None
 
     @staticmethod
     def schema_rules(values: Mapping[str, Any]) -> Iterable[tuple[str, str]]:

@@ -36,14 +36,14 @@ class _Verified:
     def collect(self) -> Iterator[Metric]:
         threshold = GaugeMetricFamily(
             "semcache_threshold_estimate",
-            "Verified thresholds: the similarity from which the category's prior alone serves a "
-            "candidate without exploring (1 until the traffic has shown enough).",
+            "Verified thresholds: the similarity at which the category's fitted P(correct | similarity) "
+            "reaches 1 - error_bound (1 until there are observations).",
             labels=["category"],
         )
         error = GaugeMetricFamily(
             "semcache_estimated_error_rate",
-            "Verified thresholds: estimated share of the category's served semantic hits that are "
-            "wrong (mean of 1 - the lower bound on P(correct), over the most recent served hits).",
+            "Verified thresholds: estimated wrong hits served per request the rule decided, by "
+            "category (a served hit counts 1 - its lower bound on P(correct), over the most recent).",
             labels=["category"],
         )
         for category, (estimate, error_rate) in sorted(self._read().items()):

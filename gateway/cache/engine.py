@@ -249,8 +249,8 @@ class CacheEngine:
                     error_bound=self._active.policy.error_bound_of(category),
                     floor=rules.hit_threshold,
                 )
+                verification.note(category.name, verdict, served=verdict.action == "serve")
                 if verdict.action == "serve":
-                    verification.served(category.name, verdict)
                     return self._hit(request, entry, similarity=match.similarity, rules=rules, now=now)
                 if verdict.action == "explore" and verification.take_budget(category.name):
                     explored = Exploration(entry=entry, similarity=match.similarity,
@@ -369,8 +369,10 @@ class CacheEngine:
         verification = self._verification
         if verification is None or category not in self._active.policy.names:
             return False
+        error_bound = self._active.policy.error_bound_of(self._active.policy.category(category))
         try:
-            await verification.record(entry_id, category, observation, pooled=pooled, source=source)
+            await verification.record(entry_id, category, observation, pooled=pooled, source=source,
+                                      error_bound=error_bound)  # fmt: skip
         except Exception as exc:  # fail-open boundary: background bookkeeping
             self._fault("observation", exc)
             return False
@@ -380,7 +382,8 @@ class CacheEngine:
         """Restore the category pools of verified thresholds; returns how many observations."""
         if self._verification is None:
             return 0
-        return await self._verification.restore(self._active.policy.names)
+        policy = self._active.policy
+        return await self._verification.restore({c.name: policy.error_bound_of(c) for c in policy.categories})
 
     async def load_feedback(self) -> int:
         """Restore the feedback states the store kept (of categories the policy still has).

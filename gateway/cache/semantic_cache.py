@@ -281,7 +281,7 @@ class SemanticCache:
             metrics=self.metrics,
             clock=self._clock,
             moves_thresholds=config.feedback.moves_thresholds,
-            error_bound=self._error_bound,
+            seed=config.verified.seed,
         )
 
     def _open_judges(
@@ -412,10 +412,6 @@ class SemanticCache:
     def remember_later(self, miss: Miss, answer: Mapping[str, Any]) -> None:
         """`remember` as a tracked background task, drained when the cache closes."""
         self.tasks.spawn(self.remember(miss, answer), name="remember")
-
-    def _error_bound(self, category: str) -> float:
-        policy = self.engine.policy
-        return policy.error_bound_of(policy.category(category)) if category in policy.names else 0.0
 
     def complete(self, miss: Miss, answer: Mapping[str, Any], *, store: bool) -> None:
         """A fresh answer arrived for `miss`, after the client has it: an explored miss's answer is

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -41,8 +42,6 @@ from policies.verified import (
     VerifiedSettings,
     category_prior,
     decide,
-    explore_probability,
-    posterior,
     record,
 )
 
@@ -52,8 +51,8 @@ Clock = Callable[[], float]
 
 OBSERVATION_FORMAT = 1
 _EMPTY_PRIOR = CategoryPrior(slope=VerifiedSettings().separated_slope, threshold=1.0, spread=1.0, count=0)
-# Served semantic hits whose bound makes up a category's estimated error rate (the most recent).
-_SERVED_WINDOW = 1000
+# Decisions of the rule that make up a category's estimated error rate (the most recent).
+_DECISION_WINDOW = 1000
 
 
 def observation_document(observation: Observation, *, source: str, at: float) -> dict[str, Any]:
@@ -79,32 +78,20 @@ def _parse(documents: Iterable[Mapping[str, Any]], *, cap: int) -> tuple[Observa
     return tuple(parsed[-cap:])
 
 
-def serve_threshold(prior: CategoryPrior, *, error_bound: float, settings: VerifiedSettings) -> float:
-    """The lowest similarity an entry without observations of its own is served at without any
-    exploration, under `prior` (1.0 when none is: no evidence, or δ = 0). The bound is monotone
-    in similarity, so a bisection finds it."""
+def threshold_estimate(prior: CategoryPrior, *, error_bound: float) -> float:
+    """Where the category's fitted curve reaches P(correct) = 1 - δ: t̂ + logit(1 - δ) / slope, in
+    [0, 1] (1.0 without evidence or with δ = 0). A point estimate, for the metrics: the rule itself
+    decides from each entry's posterior, which also weighs the uncertainty of t̂."""
     if prior.count == 0 or error_bound <= 0.0:
         return 1.0
-    belief = posterior((), prior, settings=settings)
-
-    def serves(similarity: float) -> bool:
-        bound = belief.lower_bound(similarity, settings.epsilons)
-        return explore_probability(bound, error_bound) == 0.0
-
-    if not serves(1.0):
-        return 1.0
-    low, high = 0.0, 1.0
-    for _ in range(14):
-        middle = (low + high) / 2
-        low, high = (low, middle) if serves(middle) else (middle, high)
-    return high
+    return min(max(prior.threshold + math.log((1.0 - error_bound) / error_bound) / prior.slope, 0.0), 1.0)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CategoryEstimate:
-    """What the metrics show of a category: the prior's serve threshold and the estimated error
-    rate of its served semantic hits (the mean of 1 - alpha over the most recent ones; None before
-    any was served)."""
+    """What the metrics show of a category: the prior's threshold estimate and the estimated error
+    rate, wrong hits served per request the rule decided (over the most recent decisions, a served
+    one counting 1 - alpha, any other 0: at most δ in expectation; None before any decision)."""
 
     threshold: float
     error_rate: float | None
@@ -140,7 +127,6 @@ class Verification:
         metrics: Metrics,
         clock: Clock,
         moves_thresholds: str = "listed_tenants",
-        error_bound: Callable[[str], float] = lambda _category: 0.02,
         seed: int | None = None,
     ) -> None:
         self._store = store
@@ -148,7 +134,6 @@ class Verification:
         self._metrics = metrics
         self._clock = clock
         self._moves_thresholds = moves_thresholds
-        self._error_bound = error_bound
         self.settings = VerifiedSettings(
             max_observations=config.max_observations, max_category_observations=config.max_category_observations
         )
@@ -213,10 +198,11 @@ class Verification:
             self._metrics.explorations.labels(category=category).inc()
         return taken
 
-    def served(self, category: str, decision: Decision) -> None:
-        """A semantic hit was served under `decision`: its 1 - alpha counts towards the estimate."""
-        window = self._served.setdefault(category, deque(maxlen=_SERVED_WINDOW))
-        window.append(1.0 - decision.bound)
+    def note(self, category: str, decision: Decision, *, served: bool) -> None:
+        """The rule decided a candidate: a served one adds its 1 - alpha (the most it is wrong, in
+        expectation) to the estimated error rate, any other 0."""
+        window = self._served.setdefault(category, deque(maxlen=_DECISION_WINDOW))
+        window.append(1.0 - decision.bound if served else 0.0)
 
     def estimates(self) -> dict[str, CategoryEstimate]:
         names = set(self._pools) | set(self._served)
@@ -232,7 +218,14 @@ class Verification:
     # -- writing --------------------------------------------------------------------------------
 
     async def record(
-        self, entry_id: str | None, category: str, observation: Observation, *, pooled: bool, source: str
+        self,
+        entry_id: str | None,
+        category: str,
+        observation: Observation,
+        *,
+        pooled: bool,
+        source: str,
+        error_bound: float,
     ) -> None:
         """Append an observation of an entry (None: of no entry, the entry is gone) and, when
         `pooled`, of its category's pool: in memory, then in the store. Raises what the store raises
@@ -252,29 +245,28 @@ class Verification:
                 await self._store.append_observation(pool_key(category), document)
         finally:
             if pooled and self._unfitted.get(category, 0) >= self._config.refit_every:
-                await self.refit(category)
+                await self.refit(category, error_bound=error_bound)
 
-    async def refit(self, category: str) -> None:
-        """Refit a category's prior from its pool, on a worker thread."""
+    async def refit(self, category: str, *, error_bound: float) -> None:
+        """Refit a category's prior from its pool, on a worker thread (δ: for the threshold estimate)."""
         pool = tuple(self._pools.get(category, ()))
         self._unfitted[category] = 0
         if not pool:
             self._priors.pop(category, None)
             self._thresholds.pop(category, None)
             return
-        error_bound = self._error_bound(category)
         prior, threshold = await asyncio.to_thread(self._fit, pool, error_bound)
         self._priors[category] = prior
         self._thresholds[category] = threshold
 
     def _fit(self, pool: tuple[Observation, ...], error_bound: float) -> tuple[CategoryPrior, float]:
         prior = category_prior(pool, settings=self.settings)
-        return prior, serve_threshold(prior, error_bound=error_bound, settings=self.settings)
+        return prior, threshold_estimate(prior, error_bound=error_bound)
 
-    async def restore(self, categories: Sequence[str]) -> int:
-        """Load the categories' pools from the store and fit their priors; returns how many
-        observations were restored."""
-        keys = {pool_key(name): name for name in categories}
+    async def restore(self, error_bounds: Mapping[str, float]) -> int:
+        """Load the pools of the categories (name → δ) from the store and fit their priors; returns
+        how many observations were restored."""
+        keys = {pool_key(name): name for name in error_bounds}
         documents = await self._store.observations_many(list(keys))
         restored = 0
         for key, name in keys.items():
@@ -283,7 +275,7 @@ class Verification:
                 continue
             self._pools[name] = deque(pool, maxlen=self.settings.max_category_observations)
             restored += len(pool)
-            await self.refit(name)
+            await self.refit(name, error_bound=error_bounds[name])
         return restored
 
     def drop(self, category: str) -> None:
