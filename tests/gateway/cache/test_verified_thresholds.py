@@ -6,6 +6,8 @@ keeps what it learned across a restart."""
 
 from __future__ import annotations
 
+import json
+import sqlite3
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -193,3 +195,28 @@ def test_verification_off_serves_by_threshold_as_before(start_gateway: GatewayFa
 
         assert ask(gateway, PIN[2])[0] == "hit"  # 0.95: above the 0.5 threshold, served at once
         assert gateway.metric("semcache_explorations_total") == 0
+
+
+def test_explicit_feedback_on_a_served_hit_is_an_observation(start_gateway: GatewayFactory) -> None:
+    with start_gateway() as gateway:
+        learn(gateway)
+        for prompt in PIN[1:]:
+            raw = gateway.client().chat.completions.with_raw_response.create(
+                model="sim-large", messages=[{"role": "user", "content": prompt}]
+            )
+            settle(gateway)
+            if raw.headers["x-semcache"] == "hit":
+                break
+        assert raw.headers["x-semcache"] == "hit"
+        entry = raw.headers["x-semcache-entry"]
+
+        with gateway.http() as http:
+            rated = http.post("/v1/feedback", json={"id": raw.parse().id, "rating": "good"},
+                              headers={"authorization": "Bearer sk-test-tenant-a"})  # fmt: skip
+        assert rated.status_code == 200, rated.text
+
+        with sqlite3.connect(gateway.config.cache.store.path) as db:
+            rows = db.execute("SELECT entry_id, record FROM observations").fetchall()
+        feedback = [(key, json.loads(record)) for key, record in rows if json.loads(record)["source"] == "feedback"]
+        assert {key for key, _ in feedback} == {entry, "category:default"}  # the entry's and the pool's
+        assert all(record["correct"] and record["similarity"] >= FLOOR for _, record in feedback)
