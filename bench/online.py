@@ -233,8 +233,11 @@ async def engine_replay(
     config = GatewayConfig(
         policy=str(policy),
         embedding=EmbeddingConfig(deadline_ms=60_000),
-        cache=CacheConfig(store=StoreConfig(path=str(folder / f"{name.replace(' ', '_')}.db"), deadline_ms=60_000),
-                          index_deadline_ms=60_000, search_k=4),  # fmt: skip
+        cache=CacheConfig(
+            store=StoreConfig(path=str(folder / f"{name.replace(' ', '_')}.db"), deadline_ms=60_000),
+            index_deadline_ms=60_000,
+            search_k=4,
+        ),
         feedback=FeedbackConfig(moves_thresholds="everyone"),
         verified=VerifiedConfig(enabled=delta is not None, explore_budget_per_minute=1_000_000, seed=seed),
     )
@@ -288,7 +291,8 @@ def table(stream: Stream, shipped: Result, check: Result, static: list[Result], 
     lines += ["", "Verified against the best static threshold chosen in hindsight at no more error "
               "(whole stream; second half):", "",
               "| verified | hit rate | error rate | best static at ≤ that error | its hit rate | more hits? "
-              "| 2nd half: verified | best static | more hits? |", "|---|---:|---:|---|---:|---|---:|---|---|"]  # fmt: skip
+              "| 2nd half: verified | best static | more hits? |",
+              "|---|---:|---:|---|---:|---|---:|---|---|"]  # fmt: skip
     for result in verified:
         cells = []
         for half in (False, True):
