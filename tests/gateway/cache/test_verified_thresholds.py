@@ -65,9 +65,9 @@ def gateway_config(gateway_config: GatewayConfig, upstream: Upstream, tmp_path: 
     )
 
 
-def ask(gateway: Gateway, prompt: str) -> tuple[str, dict[str, str], str]:
+def ask(gateway: Gateway, prompt: str, *, api_key: str = "sk-test-tenant-a") -> tuple[str, dict[str, str], str]:
     """(x-semcache, headers, answer text)."""
-    raw = gateway.client().chat.completions.with_raw_response.create(
+    raw = gateway.client(api_key).chat.completions.with_raw_response.create(
         model="sim-large", messages=[{"role": "user", "content": prompt}]
     )
     return raw.headers["x-semcache"], dict(raw.headers), raw.parse().choices[0].message.content or ""
@@ -220,3 +220,23 @@ def test_explicit_feedback_on_a_served_hit_is_an_observation(start_gateway: Gate
         feedback = [(key, json.loads(record)) for key, record in rows if json.loads(record)["source"] == "feedback"]
         assert {key for key, _ in feedback} == {entry, "category:default"}  # the entry's and the pool's
         assert all(record["correct"] and record["similarity"] >= FLOOR for _, record in feedback)
+
+
+def test_what_one_tenant_learned_never_serves_another(start_gateway: GatewayFactory) -> None:
+    with start_gateway() as gateway:
+        learn(gateway)  # tenant A's entry, with its observations
+        with sqlite3.connect(gateway.config.cache.store.path) as db:
+            tenant_a = {entry_id for (entry_id,) in db.execute("SELECT entry_id FROM entries")}
+
+        seen = []
+        for prompt in PIN[1:]:
+            outcome, headers, text = ask(gateway, prompt, api_key="sk-test-tenant-b")
+            assert text.endswith("for class pin.")
+            seen.append((outcome, headers.get("x-semcache-reason")))
+            assert headers.get("x-semcache-entry") not in tenant_a
+            settle(gateway)
+            if outcome == "miss" and headers.get("x-semcache-reason") is None:
+                gateway.wait_until_stored(int(gateway.metric("semcache_stored_total")))
+
+        # B's first finds no candidate at all (A's entry is outside its scope): a plain miss.
+        assert seen[0] == ("miss", None)
