@@ -38,6 +38,10 @@ def _http_url(value: Any) -> str | None:
 HttpMethod = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
 
 
+def _non_blank(value: Any) -> str | None:
+    return None if str(value).strip() else "must not be blank"
+
+
 def _route_pattern(value: Any) -> str | None:
     segments = str(value).split("/")
     if not str(value).startswith("/v1/") or any(segment in ("", ".", "..") for segment in segments[1:]):
@@ -159,6 +163,55 @@ class FeedbackConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class LLMJudgeSettings:
+    """`verified.judge: llm`: a model asked whether two answers say the same thing."""
+
+    model: str = field(metadata=check(_non_blank))
+    api_base: str | None = field(default=None, metadata=check(_http_url))
+    # Name of the environment variable holding the judge's key; unset: none is sent.
+    api_key_env: str | None = None
+    api_key: str | None = field(default=None, repr=False, metadata={"secret": True})
+    timeout_s: float = field(default=30.0, metadata=check(positive))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VerifiedConfig:
+    """Verified thresholds (policies/verified.py): above a category's threshold, which becomes a hard
+    floor, a candidate is served only while the traffic shows it is right often enough; otherwise the
+    request is explored (answered fresh, and the fresh answer judged against the cached one in the
+    background) or refused. The error bound δ is the policy's (`error_bound`, per category)."""
+
+    # Off by default in the library, so that embedding `SemanticCache` keeps serving by threshold
+    # until a caller opts in; config.example.yaml (what `semcache serve` is started with) turns it on.
+    enabled: bool = False
+    # The most extra upstream calls exploration may cause per minute (a token bucket): past it a
+    # candidate that would be explored is refused (a plain miss), so a burst cannot multiply cost.
+    explore_budget_per_minute: float = field(default=60.0, metadata=check(in_range(0, 1_000_000)))
+    # "default": text, tool calls, JSON, then the answers' embeddings; "llm": ask `llm_judge.model`.
+    judge: Literal["default", "llm"] = "default"
+    # The default judge's answer-embedding cosine at or above which two answers are equivalent.
+    judge_min_similarity: float = field(default=0.95, metadata=check(in_range(0, 1, low_open=True)))
+    llm_judge: LLMJudgeSettings | None = None
+    # Judgements waiting or running at most (beyond: dropped and counted), and running at once.
+    judge_queue: int = field(default=256, metadata=check(in_range(1, 1_000_000)))
+    judge_concurrency: int = field(default=2, metadata=check(in_range(1, 256)))
+    # Observations kept per entry and per category (the most recent), and how often (in new
+    # observations) a category's prior is refitted.
+    max_observations: int = field(default=64, metadata=check(in_range(1, 10_000)))
+    max_category_observations: int = field(default=4096, metadata=check(in_range(1, 1_000_000)))
+    refit_every: int = field(default=16, metadata=check(in_range(1, 100_000)))
+    # Entries whose observations are kept in memory (the most recently used).
+    cached_entries: int = field(default=10_000, metadata=check(in_range(1, 10_000_000)))
+    # Seed of the exploration draws, for reproducible runs (tests, benches); unset: random.
+    seed: int | None = None
+
+    @staticmethod
+    def schema_rules(values: Mapping[str, Any]) -> Iterable[tuple[str, str]]:
+        if values.get("judge") == "llm" and values.get("llm_judge") is None:
+            yield "llm_judge", "judge: llm needs llm_judge.model"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class TenantConfig:
     name: str
     # Either the key's environment variable or its SHA-256 (hex), so no raw key sits in the file.
@@ -207,6 +260,7 @@ class GatewayConfig:
     verifier: str | None = None
     admin: AdminConfig = field(default_factory=AdminConfig)
     feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
+    verified: VerifiedConfig = field(default_factory=VerifiedConfig)
     # Callers whose key is listed share their tenant's cache; any other key is its own tenant.
     tenants: tuple[TenantConfig, ...] = ()
     clients: ClientsConfig = field(default_factory=ClientsConfig)
@@ -280,6 +334,12 @@ def parse_config(data: Any, *, source: str = "<config>") -> GatewayConfig:
         if isinstance(admin, dict) and "api_key" in admin:
             data["admin"] = {key: value for key, value in admin.items() if key != "api_key"}
             secret_problems.append("admin.api_key")
+        verified = data.get("verified")
+        judge = verified.get("llm_judge") if isinstance(verified, dict) else None
+        if isinstance(verified, dict) and isinstance(judge, dict) and "api_key" in judge:
+            judge = {key: value for key, value in judge.items() if key != "api_key"}
+            data["verified"] = {**verified, "llm_judge": judge}
+            secret_problems.append("verified.llm_judge.api_key")
         secret_problems += [key for key in ("api_key", "tenant_by_key_sha256") if data.pop(key, None) is not None]
     secret_problems = [f"{path}: secrets go in environment variables, not the file" for path in secret_problems]
     config, problems = build(GatewayConfig, data)
@@ -326,7 +386,11 @@ def resolve_secrets(config: GatewayConfig, environ: Mapping[str, str]) -> Gatewa
             problems.append(f"{path}: environment variable {name} is not set")
         return value or None
 
-    upstream, admin = config.upstream, config.admin
+    upstream, admin, verified = config.upstream, config.admin, config.verified
+    judge = verified.llm_judge
+    if judge is not None and judge.api_key_env is not None:
+        judge = replace(judge, api_key=read(judge.api_key_env, "verified.llm_judge.api_key_env"))
+        verified = replace(verified, llm_judge=judge)
     if upstream.api_key_env is not None:
         upstream = replace(upstream, api_key=read(upstream.api_key_env, "upstream.api_key_env"))
     if admin.api_key_env is not None:
@@ -342,4 +406,4 @@ def resolve_secrets(config: GatewayConfig, environ: Mapping[str, str]) -> Gatewa
             tenants[key_digest(key)] = tenant.name
     if problems:
         raise ConfigError("environment", problems)
-    return replace(config, upstream=upstream, admin=admin, tenant_by_key_sha256=tenants)
+    return replace(config, upstream=upstream, admin=admin, verified=verified, tenant_by_key_sha256=tenants)

@@ -26,6 +26,34 @@ class _Thresholds:
         yield gauge
 
 
+class _Verified:
+    """Each category's verified-threshold estimates, read when scraped: `read()` gives category →
+    (threshold estimate, estimated error rate or None)."""
+
+    def __init__(self, read: Callable[[], Mapping[str, tuple[float, float | None]]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[Metric]:
+        threshold = GaugeMetricFamily(
+            "semcache_threshold_estimate",
+            "Verified thresholds: the similarity at which the category's fitted P(correct | similarity) "
+            "reaches 1 - error_bound (1 until there are observations).",
+            labels=["category"],
+        )
+        error = GaugeMetricFamily(
+            "semcache_estimated_error_rate",
+            "Verified thresholds: estimated wrong hits served per request the rule decided, by "
+            "category (a served hit counts 1 - its lower bound on P(correct), over the most recent).",
+            labels=["category"],
+        )
+        for category, (estimate, error_rate) in sorted(self._read().items()):
+            threshold.add_metric([category], estimate)
+            if error_rate is not None:
+                error.add_metric([category], error_rate)
+        yield threshold
+        yield error
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -48,6 +76,21 @@ class Metrics:
             "semcache_feedback", "Ratings of served hits, by category and rating.", ["category", "rating"],
             registry=self.registry,
         )  # fmt: skip
+        self.explorations = Counter(
+            "semcache_explorations", "Requests explored (sent upstream and judged) rather than served, by category.",
+            ["category"], registry=self.registry,
+        )  # fmt: skip
+        self.exploration_budget = Counter(
+            "semcache_exploration_budget", "Explorations the budget allowed (spent) or refused.", ["result"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.judgements = Counter(
+            "semcache_judgements",
+            "Fresh answers judged against a cached one, by category and outcome (correct, wrong, "
+            "undecided, dropped: the judge queue was full, failed).",
+            ["category", "outcome"],
+            registry=self.registry,
+        )
         self.latency = Histogram(
             "semcache_request_seconds",
             "Time to answer, by outcome.",
@@ -59,6 +102,12 @@ class Metrics:
     def watch_thresholds(self, read: Callable[[], Mapping[str, float]]) -> Callable[[], None]:
         """Export `read()` (category → threshold) as a gauge; returns the function that stops it."""
         collector = _Thresholds(read)
+        self.registry.register(collector)
+        return lambda: self.registry.unregister(collector)
+
+    def watch_verified(self, read: Callable[[], Mapping[str, tuple[float, float | None]]]) -> Callable[[], None]:
+        """Export the verified-threshold estimates as gauges; returns the function that stops it."""
+        collector = _Verified(read)
         self.registry.register(collector)
         return lambda: self.registry.unregister(collector)
 

@@ -72,6 +72,11 @@ def _unit(low_open: bool = True) -> dict[str, Any]:
     return check(in_range(0, 1, low_open=low_open))
 
 
+def _error_bound(value: Any) -> str | None:
+    """A verified threshold's error bound δ: in [0, 0.5] (0: a semantic hit is never served)."""
+    return None if 0 <= value <= 0.5 else f"must be in [0, 0.5], got {value!r}"
+
+
 def error_rate(value: Any) -> str | None:
     """A target error rate: in (0, 1) (0 would forbid every semantic hit; 1 allows any)."""
     return None if 0 < value < 1 else f"must be in (0, 1), got {value!r}"
@@ -127,6 +132,9 @@ class Category:
     feedback: FeedbackRules = field(default_factory=FeedbackRules)
     # Model tier preferred on a miss.
     tier: Tier = "large"
+    # Verified thresholds (the gateway's `verified` section): the most a served semantic hit may be
+    # wrong, δ in [0, 0.5]; 0 never serves one. Unset: the policy's `error_bound`.
+    error_bound: float | None = field(default=None, metadata=check(_error_bound))
 
     def __post_init__(self) -> None:
         run_rules(self)
@@ -218,6 +226,8 @@ class Policy:
     # The embedding model the thresholds were calibrated for (e.g. one `semcache tune` made); it
     # replaces the config's `embedding.model`. A local folder is relative to the policy file.
     embedding_model: str | None = None
+    # The error bound δ of verified thresholds for categories that set none.
+    error_bound: float = field(default=0.02, metadata=check(_error_bound))
     _by_name: Mapping[str, Category] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -258,6 +268,10 @@ class Policy:
     def category(self, name: str) -> Category:
         """The category of that name; KeyError for an unknown one."""
         return self._by_name[name]
+
+    def error_bound_of(self, category: Category) -> float:
+        """The category's verified-threshold error bound δ, or the policy's."""
+        return self.error_bound if category.error_bound is None else category.error_bound
 
     def exemplars(self) -> dict[str, tuple[str, ...]]:
         """Each category's exemplar prompts, for the caller to embed once and hand to the classifier."""

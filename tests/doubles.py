@@ -129,6 +129,9 @@ class BrokenStore:
     async def observations(self, entry_id: str) -> list[Mapping[str, Any]]:
         raise self._fail()
 
+    async def observations_many(self, entry_ids: Sequence[str]) -> dict[str, list[Mapping[str, Any]]]:
+        raise self._fail()
+
     async def publish(self, events: Sequence[ChangeEvent]) -> None:
         raise self._fail()
 

@@ -57,12 +57,24 @@ class Hit:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Exploration:
+    """A candidate the verified rule chose to test rather than serve: the request goes upstream,
+    and its fresh answer is judged against `entry`'s, an observation of `entry` at `similarity`."""
+
+    entry: CacheEntry
+    similarity: float
+    # Whether the caller's tenant may move the category's shared prior (`feedback.moves_thresholds`).
+    moves_prior: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Miss:
     """Pass it back to `SemanticCache.remember` with the answer: it carries the key and the prompt's
     vector. `vector` is None when the prompt stays exact-match only (the embedder truncated it) or
     when embedding failed; `category` and `rules` are None when the category could not be told, and
     such an answer is not kept. `reason` says why the cache could not do better (`fail-open:<stage>`,
-    `prompt-over-embedder-window`), None for an ordinary miss."""
+    `prompt-over-embedder-window`, `explore`), None for an ordinary miss. `exploration` is set
+    (and `reason` is "explore") when a candidate that could have been served is being tested."""
 
     request: CompletionRequest
     key: CacheKey
@@ -71,6 +83,7 @@ class Miss:
     vector: Vector | None
     best_similarity: float | None
     reason: str | None = None
+    exploration: Exploration | None = None
 
     @property
     def storable(self) -> bool:

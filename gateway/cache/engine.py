@@ -15,9 +15,10 @@ from typing import Any
 
 from embeddings import EmbedderError, EmbeddingBatcher, Vector
 from gateway.cache.catalog import Catalog
-from gateway.cache.decisions import Bypass, Candidate, Decision, Hit, Miss, NearMiss
+from gateway.cache.decisions import Bypass, Candidate, Decision, Exploration, Hit, Miss, NearMiss
 from gateway.cache.feedback import FeedbackResult, RatingValue, Thresholds, state_document, state_from_document
 from gateway.cache.scope import CacheKey, cache_key
+from gateway.cache.verification import Verification
 from gateway.config import FeedbackConfig
 from gateway.errors import ThresholdTooLoose
 from gateway.metrics import Metrics
@@ -27,6 +28,7 @@ from gateway.wire.cache_control import CacheControl
 from policies import DEFAULT, Category, CategoryClassifier, Classification, Policy
 from policies.feedback import Rating
 from policies.rules import Rules, rules_for
+from policies.verified import Observation
 from policies.verifier import Verifier
 
 logger = logging.getLogger("semcache.engine")
@@ -79,6 +81,7 @@ class CacheEngine:
         clock: Clock,
         verifier: Verifier | None = None,
         thresholds: Thresholds | None = None,
+        verification: Verification | None = None,
     ) -> None:
         self._catalog = catalog
         self._store = catalog.store
@@ -89,6 +92,7 @@ class CacheEngine:
         self._clock = clock
         self._verifier = verifier
         self._thresholds = thresholds or Thresholds.from_config(FeedbackConfig())
+        self._verification = verification
 
     @property
     def store(self) -> Store:
@@ -101,6 +105,10 @@ class CacheEngine:
     @property
     def policy(self) -> Policy:
         return self._active.policy
+
+    @property
+    def verification(self) -> Verification | None:
+        return self._verification
 
     def index_sizes(self) -> dict[str, int]:
         return self._catalog.index_sizes()
@@ -179,7 +187,7 @@ class CacheEngine:
         if not control.lookup:
             return self._miss(request, key, category, rules, vector=vector)
         try:
-            return await self._search(request, key, vector, category, rules, now=now, oldest=oldest)
+            return await self._search(request, key, vector, category, rules, now=now, oldest=oldest, tenant=tenant)
         except Exception as exc:  # fail-open boundary
             self._fault("search", exc)
             return self._miss(request, key, category, rules, vector=vector, reason="fail-open:search")
@@ -204,10 +212,14 @@ class CacheEngine:
         *,
         now: float,
         oldest: float,
+        tenant: str,
     ) -> Decision:
         """Without a verifier the threshold in force decides; with one, candidates from its floor up
-        are judged by it, even far above it: the classic false hits sit at high similarity. Those it
-        refuses, and those in the near-miss band, are the near miss's candidates."""
+        are judged by it, even far above it: the classic false hits sit at high similarity. With
+        verified thresholds the threshold (the verifier's floor) is a hard floor and, above it, the
+        verified rule serves, explores (a miss that tests the candidate) or refuses each candidate,
+        nearest first. Those refused, and those in the near-miss band, are the near miss's
+        candidates."""
         index = self._catalog.index(category.name)
         if index is None:  # the category left the policy during this lookup: not stored either
             return self._miss(request, key, None, None, vector=vector, reason="policy-reloaded")
@@ -216,15 +228,35 @@ class CacheEngine:
         best = fresh[0].similarity if fresh else None
         floor = rules.hit_threshold if rules.near_miss_floor is None else rules.near_miss_floor
         wanted = [match for match in fresh if match.similarity >= floor]
-        # Every candidate above the floor in one store round trip.
+        # Every candidate above the floor in one store round trip (and their observations in one).
         entries = await self._store.get_many([match.entry_id for match in wanted], now=now)
+        verification = self._verification
+        observed = {}
+        if verification is not None:
+            observed = await verification.observations([m.entry_id for m in wanted if rules.is_hit(m.similarity)])
         candidates: list[Candidate] = []
         for match in wanted:
             entry = entries.get(match.entry_id)
             if entry is None:
                 continue
             if rules.is_hit(match.similarity) and await self._verified(key.prompt, entry, match.similarity):
-                return self._hit(request, entry, similarity=match.similarity, rules=rules, now=now)
+                if verification is None:
+                    return self._hit(request, entry, similarity=match.similarity, rules=rules, now=now)
+                verdict = await verification.decide(
+                    category.name,
+                    observed.get(entry.entry_id, ()),
+                    match.similarity,
+                    error_bound=self._active.policy.error_bound_of(category),
+                    floor=rules.hit_threshold,
+                )
+                verification.note(category.name, verdict, served=verdict.action == "serve")
+                if verdict.action == "serve":
+                    return self._hit(request, entry, similarity=match.similarity, rules=rules, now=now)
+                if verdict.action == "explore" and verification.take_budget(category.name):
+                    explored = Exploration(entry=entry, similarity=match.similarity,
+                                           moves_prior=verification.moves_prior(tenant))  # fmt: skip
+                    return self._miss(request, key, category, rules, vector=vector, best=best, reason="explore",
+                                      exploration=explored)  # fmt: skip
             if rules.near_miss_floor is not None:
                 candidates.append(Candidate(entry=entry, similarity=match.similarity))
         if candidates:
@@ -256,11 +288,11 @@ class CacheEngine:
         vector: Vector | None = None,
         best: float | None = None,
         reason: str | None = None,
+        exploration: Exploration | None = None,
     ) -> Miss:
         name = None if category is None else category.name
-        return Miss(
-            request=request, key=key, category=name, rules=rules, vector=vector, best_similarity=best, reason=reason
-        )
+        return Miss(request=request, key=key, category=name, rules=rules, vector=vector, best_similarity=best,
+                    reason=reason, exploration=exploration)  # fmt: skip
 
     @staticmethod
     def _near_miss(
@@ -286,11 +318,24 @@ class CacheEngine:
         return await self._store.get(entry_id, now=self._clock())
 
     async def rate(
-        self, *, entry_id: str, category: str, similarity: float | None, rating: RatingValue
+        self,
+        *,
+        entry_id: str,
+        category: str,
+        similarity: float | None,
+        rating: RatingValue,
+        observed_similarity: float | None = None,
     ) -> FeedbackResult:
         """Apply a rating of a hit served from `entry_id`: a bad one removes the entry; a rated
-        semantic hit (`similarity` known) moves its category's threshold."""
+        semantic hit (`similarity` known) moves its category's threshold. With verified thresholds a
+        rated semantic hit (`observed_similarity`) is an observation: of the entry when it stays, of
+        the category's pool when `similarity` is known (the caller may move shared state)."""
         removed = await self._catalog.forget(entry_id) if rating == "bad" else False
+        if observed_similarity is not None:
+            observation = Observation(similarity=observed_similarity, correct=rating == "good")
+            # A removed entry's observations went with it: only the pool may still learn from it.
+            await self.observe(None if removed else entry_id, category, observation, pooled=similarity is not None,
+                               source="feedback")  # fmt: skip
         policy = self._active.policy
         if category not in policy.names:  # it left the policy since: nothing to adjust
             return FeedbackResult(entry_id=entry_id, rating=rating, category=category, similarity=similarity,
@@ -315,6 +360,30 @@ class CacheEngine:
                         category, before, after, rating, similarity)  # fmt: skip
         return FeedbackResult(entry_id=entry_id, rating=rating, category=category, similarity=similarity,
                               counted=counted, entry_removed=removed, threshold=after)  # fmt: skip
+
+    async def observe(
+        self, entry_id: str | None, category: str, observation: Observation, *, pooled: bool, source: str
+    ) -> bool:
+        """Record an observation of an entry (verified thresholds); False when they are off, the
+        category left the policy, or the store failed (counted, in force until a restart)."""
+        verification = self._verification
+        if verification is None or category not in self._active.policy.names:
+            return False
+        error_bound = self._active.policy.error_bound_of(self._active.policy.category(category))
+        try:
+            await verification.record(entry_id, category, observation, pooled=pooled, source=source,
+                                      error_bound=error_bound)  # fmt: skip
+        except Exception as exc:  # fail-open boundary: background bookkeeping
+            self._fault("observation", exc)
+            return False
+        return True
+
+    async def load_verified(self) -> int:
+        """Restore the category pools of verified thresholds; returns how many observations."""
+        if self._verification is None:
+            return 0
+        policy = self._active.policy
+        return await self._verification.restore({c.name: policy.error_bound_of(c) for c in policy.categories})
 
     async def load_feedback(self) -> int:
         """Restore the feedback states the store kept (of categories the policy still has).
@@ -355,6 +424,8 @@ class CacheEngine:
         self._active = new
         for name in old_names - set(new.policy.names):
             self._thresholds.drop(name)
+            if self._verification is not None:
+                self._verification.drop(name)
         return dropped
 
 

@@ -287,6 +287,11 @@ class JudgeQueue:
                 return
             self.judged += 1
 
+    async def wait_idle(self, *, timeout_s: float) -> None:
+        """Wait until the jobs queued so far are judged (a replay's step; past `timeout_s` they are
+        cancelled, as at close)."""
+        await self._tasks.drain(timeout_s=timeout_s)
+
     async def aclose(self, *, timeout_s: float) -> None:
         """Refuse new jobs and wait for the queued ones; past `timeout_s` they are cancelled."""
         self._closed = True

@@ -36,9 +36,11 @@ from gateway.cache.feedback import (
     ServedHits,
     Thresholds,
 )
+from gateway.cache.judge import DefaultJudge, Judge, JudgeJob, Judgement, JudgeQueue, LiteLLMJudge, LLMJudgeConfig
 from gateway.cache.scope import CacheKey, cache_key, is_listed, tenant_for
 from gateway.cache.tasks import TaskTracker
-from gateway.config import GatewayConfig, embedder_spec
+from gateway.cache.verification import Verification
+from gateway.config import GatewayConfig, VerifiedConfig, embedder_spec
 from gateway.errors import AlreadyRated, ConfigError, HitNotFound, InvalidRequest, ServiceUnavailable
 from gateway.metrics import Metrics
 from gateway.stores import CacheEntry, DeadlineStore, Store, open_store
@@ -52,6 +54,7 @@ from gateway.wire import (
 from gateway.wire.cache_control import CacheControl
 from policies import DEFAULT, CategoryClassifier, Policy, PolicyError, load_policy, parse_policy
 from policies.errors import VerifierError
+from policies.verified import Observation
 from policies.verifier import LogisticVerifier, Verifier
 
 logger = logging.getLogger("semcache.cache")
@@ -95,6 +98,20 @@ def configured_policy(config: GatewayConfig) -> Policy:
     return load_policy(config.policy) if config.policy is not None else implied_policy(config)
 
 
+def _default_judge(config: VerifiedConfig, batcher: EmbeddingBatcher) -> Judge:
+    return DefaultJudge(batcher, min_similarity=config.judge_min_similarity)
+
+
+def _llm_judge(config: VerifiedConfig, batcher: EmbeddingBatcher) -> Judge:
+    settings = config.llm_judge
+    assert settings is not None  # the config's schema rule
+    return LiteLLMJudge(LLMJudgeConfig(model=settings.model, api_base=settings.api_base, api_key=settings.api_key,
+                                       timeout_s=settings.timeout_s))  # fmt: skip
+
+
+_JUDGES = {"default": _default_judge, "llm": _llm_judge}
+
+
 async def _purge_periodically(catalog: Catalog, interval_s: float) -> None:
     while True:
         await asyncio.sleep(interval_s)
@@ -118,6 +135,7 @@ class SemanticCache:
         embedder: Embedder | None = None,
         store: Store | None = None,
         verifier: Verifier | None = None,
+        judge: Judge | None = None,
         clock: Clock = time.time,
         metrics: Metrics | None = None,
     ) -> None:
@@ -127,6 +145,8 @@ class SemanticCache:
         self._embedder = embedder
         self._store = store
         self._verifier = verifier
+        self._judge = judge
+        self._judges: JudgeQueue | None = None
         self._clock = clock
         self._stack: contextlib.AsyncExitStack | None = None
         self._engine: CacheEngine | None = None
@@ -134,6 +154,11 @@ class SemanticCache:
         self._reload_lock = asyncio.Lock()
         self._embedding_model: str | None = None
         self._served = ServedHits(config.feedback.remember_hits)
+
+    @property
+    def judges(self) -> JudgeQueue | None:
+        """The judge queue of verified thresholds (None when they are off or the cache is closed)."""
+        return self._judges
 
     @property
     def clock(self) -> Clock:
@@ -218,6 +243,7 @@ class SemanticCache:
                 hit_flush_interval_s=config.cache.hit_flush_interval_s,
             )
         )
+        verification = self._verification(store)
         engine = CacheEngine(
             catalog=catalog,
             batcher=batcher,
@@ -227,11 +253,14 @@ class SemanticCache:
             clock=self._clock,
             verifier=self._verifier,
             thresholds=thresholds,
+            verification=verification,
         )
         stack.callback(self.metrics.watch_thresholds(engine.thresholds))
         await self._restore(engine, catalog, batcher.embedder.name)
         # Registered after the store and batcher, so pending writes finish before they close.
         stack.push_async_callback(self.tasks.drain, timeout_s=30.0)
+        if verification is not None:
+            self._open_judges(stack, verification, batcher)  # closed before the tasks drain
         purger = asyncio.create_task(_purge_periodically(catalog, config.cache.cleanup_interval_s))
 
         async def stop_purging() -> None:  # awaited: a purge in flight ends before the catalog closes
@@ -241,6 +270,38 @@ class SemanticCache:
 
         stack.push_async_callback(stop_purging)
         return engine
+
+    def _verification(self, store: Store) -> Verification | None:
+        config = self.config
+        if not config.verified.enabled:
+            return None
+        return Verification(
+            store=store,
+            config=config.verified,
+            metrics=self.metrics,
+            clock=self._clock,
+            moves_thresholds=config.feedback.moves_thresholds,
+            seed=config.verified.seed,
+        )
+
+    def _open_judges(
+        self, stack: contextlib.AsyncExitStack, verification: Verification, batcher: EmbeddingBatcher
+    ) -> None:
+        """The judge queue and the verified metrics; the queue closes (drains) before the tasks do,
+        since a judgement may still remember an answer."""
+        settings = self.config.verified
+        judge = self._judge or _JUDGES[settings.judge](settings, batcher)
+        self._judges = JudgeQueue(judge, max_queue=settings.judge_queue, concurrency=settings.judge_concurrency)
+        estimates = verification.estimates
+        stack.callback(self.metrics.watch_verified(
+            lambda: {name: (e.threshold, e.error_rate) for name, e in estimates().items()}))  # fmt: skip
+
+        async def close_judges() -> None:
+            judges, self._judges = self._judges, None
+            if judges is not None:
+                await judges.aclose(timeout_s=10.0)
+
+        stack.push_async_callback(close_judges)
 
     async def _restore(self, engine: CacheEngine, catalog: Catalog, embedder: str) -> None:
         """Reload what the store kept, each step failing open on its own: the index even when the
@@ -262,6 +323,14 @@ class SemanticCache:
         else:
             if restored:
                 logger.info("feedback thresholds restored for %d categories", restored)
+        try:
+            observed = await engine.load_verified()
+        except Exception:  # fail-open boundary: priors start empty (exploring again)
+            self.metrics.fail_open.labels(stage="observations").inc()
+            logger.exception("could not restore the verified thresholds' observations from the store")
+        else:
+            if observed:
+                logger.info("verified thresholds: %d observations restored", observed)
         try:
             started = time.perf_counter()
             logger.info("rebuilding the index from the store")
@@ -344,6 +413,34 @@ class SemanticCache:
         """`remember` as a tracked background task, drained when the cache closes."""
         self.tasks.spawn(self.remember(miss, answer), name="remember")
 
+    def complete(self, miss: Miss, answer: Mapping[str, Any], *, store: bool) -> None:
+        """A fresh answer arrived for `miss`, after the client has it: an explored miss's answer is
+        judged against the explored entry's in the background (and kept only when it differs: the
+        entry answers that question already); any other is remembered when `store`."""
+        exploration = miss.exploration
+        if exploration is None or miss.category is None or not is_complete(answer):
+            if store:
+                self.remember_later(miss, answer)
+            return
+        category = miss.category
+
+        async def judged(judgement: Judgement) -> None:
+            outcome = "undecided" if not judgement.decided else "correct" if judgement.equivalent else "wrong"
+            self.metrics.judgements.labels(category=category, outcome=outcome).inc()
+            if judgement.decided:
+                observation = Observation(similarity=exploration.similarity, correct=judgement.equivalent)
+                await self.engine.observe(exploration.entry.entry_id, category, observation,
+                                          pooled=exploration.moves_prior, source="judge")  # fmt: skip
+            if store and not (judgement.decided and judgement.equivalent):
+                await self.remember(miss, answer)
+
+        judges = self._judges
+        job = JudgeJob(cached=exploration.entry.response, fresh=answer, on_judgement=judged)
+        if judges is None or not judges.submit(job):
+            self.metrics.judgements.labels(category=category, outcome="dropped").inc()
+            if store:
+                self.remember_later(miss, answer)
+
     async def feedback(
         self,
         *,
@@ -385,8 +482,9 @@ class SemanticCache:
             hit.rated = True  # before any await: a concurrent second rating is refused
             trusted = self.config.feedback.moves_thresholds == "everyone" or is_listed(tenant)
             similarity = None if hit.exact or not trusted else hit.similarity
+            observed = None if hit.exact else hit.similarity  # the entry's own observation: any caller's
             return await engine.rate(entry_id=hit.entry_id, category=hit.category, similarity=similarity,
-                                     rating=rating)  # fmt: skip
+                                     rating=rating, observed_similarity=observed)  # fmt: skip
         assert entry_id is not None
         try:
             entry = await engine.entry(entry_id)

@@ -60,12 +60,13 @@ class Forward:
         return self.decision.outcome
 
     def complete(self, answer: Mapping[str, Any]) -> None:
-        """A complete answer arrived: release the followers with it and remember it (after the
-        client has it: `remember_later` is a background task)."""
+        """A complete answer arrived: release the followers with it and remember it, or judge it
+        when the miss explored a candidate (after the client has it: background tasks)."""
         if self.flight is not None:
             self.flight.finish(answer)
-        if self.store and isinstance(self.decision, Miss):
-            self.cache.remember_later(self.decision, answer)
+        if isinstance(self.decision, Miss):
+            # An explored miss is judged too (verified thresholds), whether or not it is stored.
+            self.cache.complete(self.decision, answer, store=self.store)
 
     def end(self) -> None:
         """The exchange is over (for a stream: when it ended, not when it began). Without a complete

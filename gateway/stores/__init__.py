@@ -4,6 +4,7 @@ deadline every call runs under."""
 from gateway.stores.backends import BACKENDS, open_store
 from gateway.stores.base import (
     FORMAT_VERSION,
+    MAX_OBSERVATIONS,
     Added,
     AdminStore,
     CacheEntry,
@@ -15,6 +16,7 @@ from gateway.stores.base import (
     Removed,
     StateStore,
     Store,
+    pool_key,
 )
 from gateway.stores.deadline import DeadlineStore
 from gateway.stores.feed import LocalFeed
@@ -23,6 +25,7 @@ from gateway.stores.sqlite import SqliteStore
 __all__ = [
     "BACKENDS",
     "FORMAT_VERSION",
+    "MAX_OBSERVATIONS",
     "Added",
     "AdminStore",
     "CacheEntry",
@@ -38,4 +41,5 @@ __all__ = [
     "StateStore",
     "Store",
     "open_store",
+    "pool_key",
 ]

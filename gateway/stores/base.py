@@ -4,8 +4,9 @@ Five concerns, one small protocol each, so that a backend (or a test peer) can b
 a time and a caller asks for no more than it uses:
 
     EntryStore   the cached answers: put, get_many (a lookup's candidates in one round trip), ...
-    StateStore   feedback states (one document per category) and per-entry observations, which
-                 are appended, never read-modified-written, so replicas cannot overwrite each other
+    StateStore   feedback states (one document per category) and observations (per entry, and a
+                 category's pool), which are appended, never read-modified-written, so replicas
+                 cannot overwrite each other; a backend keeps at most `MAX_OBSERVATIONS` per key
     ChangeFeed   `Added` / `Removed` events: how every process's catalog learns what to index
     AdminStore   ping, adopt_embedder, record_hits (batched hit counts)
     Store        all four: what a backend implements and what `SemanticCache` takes
@@ -20,6 +21,13 @@ from typing import Any, Literal, Protocol, runtime_checkable
 from embeddings import Vector
 
 FORMAT_VERSION = 1
+# The most observations a store keeps under one key (the most recent): readers use fewer.
+MAX_OBSERVATIONS = 4096
+
+
+def pool_key(category: str) -> str:
+    """The key a category's pooled observations are appended under (entry ids are hex)."""
+    return f"category:{category}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -132,6 +140,13 @@ class StateStore(Protocol):
 
     async def observations(self, entry_id: str) -> list[Mapping[str, Any]]:
         """An entry's observations, oldest first."""
+        ...
+
+    async def observations_many(self, entry_ids: Sequence[str]) -> dict[str, list[Mapping[str, Any]]]:
+        """The observations of each of `entry_ids` (a lookup's candidates), oldest first, in one
+        round trip; an id without any is left out. Observations go with their entry (every path
+        that removes an entry removes them); a key that is no entry id (a category's pooled
+        observations, `category:<name>`) goes with its category (`delete_category`)."""
         ...
 
 

@@ -77,6 +77,9 @@ class DeadlineStore:
     async def observations(self, entry_id: str) -> list[Mapping[str, Any]]:
         return await self._within(self.inner.observations(entry_id), "observations")
 
+    async def observations_many(self, entry_ids: Sequence[str]) -> dict[str, list[Mapping[str, Any]]]:
+        return await self._within(self.inner.observations_many(entry_ids), "observations_many")
+
     async def publish(self, events: Sequence[ChangeEvent]) -> None:
         await self._within(self.inner.publish(events), "publish")
 

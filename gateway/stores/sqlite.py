@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from gateway.errors import StoreError
-from gateway.stores.base import FORMAT_VERSION, CacheEntry, ChangeEvent, HitTally
+from gateway.stores.base import FORMAT_VERSION, MAX_OBSERVATIONS, CacheEntry, ChangeEvent, HitTally, pool_key
 from gateway.stores.feed import LocalFeed
 
 T = TypeVar("T")
@@ -174,6 +174,7 @@ class SqliteStore:
                 ).fetchall()
             ]
             db.execute(f"INSERT OR REPLACE INTO entries ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)", _to_row(entry))
+            _drop_observations(db, replaced)
         return replaced
 
     async def get(self, entry_id: str, *, now: float) -> CacheEntry | None:
@@ -235,6 +236,7 @@ class SqliteStore:
             db.execute("BEGIN IMMEDIATE")
             rows = db.execute("DELETE FROM entries WHERE expires_at <= ? RETURNING entry_id", (now,))
             ids = [row[0] for row in rows]
+            _drop_observations(db, ids)
         return ids
 
     async def scan_live(self, *, now: float) -> AsyncIterator[list[CacheEntry]]:
@@ -266,6 +268,7 @@ class SqliteStore:
             for chunk in _chunks(entry_ids):
                 rows = db.execute(f"DELETE FROM entries WHERE entry_id IN ({_marks(chunk)}) RETURNING entry_id", chunk)
                 deleted += [row[0] for row in rows]
+            _drop_observations(db, deleted)
         return deleted
 
     async def delete_category(self, category: str) -> list[str]:
@@ -278,6 +281,7 @@ class SqliteStore:
             rows = db.execute("DELETE FROM entries WHERE category = ? RETURNING entry_id", (category,))
             ids = [row[0] for row in rows]
             db.execute("DELETE FROM feedback WHERE category = ?", (category,))
+            _drop_observations(db, [*ids, pool_key(category)])
         return ids
 
     async def put_feedback(self, category: str, state: Mapping[str, Any]) -> None:
@@ -304,11 +308,37 @@ class SqliteStore:
 
     async def append_observation(self, entry_id: str, record: Mapping[str, Any]) -> None:
         document = json.dumps(dict(record), separators=(",", ":"))
-        await self._call(
-            lambda: self._conn().execute(
-                "INSERT INTO observations (entry_id, record) VALUES (?, ?)", (entry_id, document)
+        await self._call(self._append_observation, entry_id, document)
+
+    def _append_observation(self, entry_id: str, document: str) -> None:
+        db = self._conn()
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            seq = db.execute(
+                "INSERT INTO observations (entry_id, record) VALUES (?, ?) RETURNING seq", (entry_id, document)
+            ).fetchone()[0]
+            # Capped: the oldest beyond MAX_OBSERVATIONS go (one indexed range delete, rarely non-empty).
+            db.execute(
+                "DELETE FROM observations WHERE entry_id = ? AND seq <= ("
+                "SELECT seq FROM observations WHERE entry_id = ? AND seq <= ? ORDER BY seq DESC LIMIT 1 OFFSET ?)",
+                (entry_id, entry_id, seq, MAX_OBSERVATIONS),
             )
-        )
+
+    async def observations_many(self, entry_ids: Sequence[str]) -> dict[str, list[Mapping[str, Any]]]:
+        if not entry_ids:
+            return {}
+        return await self._call(self._observations_many, list(entry_ids))
+
+    def _observations_many(self, entry_ids: list[str]) -> dict[str, list[Mapping[str, Any]]]:
+        found: dict[str, list[Mapping[str, Any]]] = {}
+        db = self._conn()
+        for chunk in _chunks(entry_ids):
+            rows = db.execute(
+                f"SELECT entry_id, record FROM observations WHERE entry_id IN ({_marks(chunk)}) ORDER BY seq", chunk
+            )
+            for entry_id, record in rows:
+                found.setdefault(entry_id, []).append(json.loads(record))
+        return found
 
     async def observations(self, entry_id: str) -> list[Mapping[str, Any]]:
         rows = await self._call(
@@ -356,6 +386,12 @@ class SqliteStore:
 
     async def ping(self) -> None:
         await self._call(lambda: self._conn().execute("SELECT 1").fetchone())
+
+
+def _drop_observations(db: sqlite3.Connection, entry_ids: list[str]) -> None:
+    """Observations go with their entry, in the same transaction."""
+    for chunk in _chunks(entry_ids):
+        db.execute(f"DELETE FROM observations WHERE entry_id IN ({_marks(chunk)})", chunk)
 
 
 def _chunks(ids: list[str]) -> list[list[str]]:

@@ -27,6 +27,7 @@ from gateway.stores import (
     StateStore,
     Store,
     open_store,
+    pool_key,
 )
 
 _: Store = SqliteStore.__new__(SqliteStore)
@@ -349,6 +350,52 @@ async def test_observations_are_appended_never_overwritten(db_path: Path) -> Non
 
         assert [record["similarity"] for record in seen] == [0.91, 0.95]  # both replicas' kept, in order
         assert await store.observations("nope") == []
+
+
+async def test_observations_of_several_entries_come_in_one_call(db_path: Path) -> None:
+    async with SqliteStore(db_path) as store:
+        await store.append_observation("e1", {"similarity": 0.91, "correct": True})
+        await store.append_observation("e2", {"similarity": 0.5, "correct": False})
+        await store.append_observation("e1", {"similarity": 0.93, "correct": False})
+
+        seen = await store.observations_many(["e1", "e2", "e3"])
+
+    assert {key: [r["similarity"] for r in records] for key, records in seen.items()} == {
+        "e1": [0.91, 0.93],
+        "e2": [0.5],
+    }
+
+
+async def test_observations_are_capped_to_the_most_recent(db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("gateway.stores.sqlite.MAX_OBSERVATIONS", 3)
+    async with SqliteStore(db_path) as store:
+        for i in range(5):
+            await store.append_observation("e1", {"i": i})
+        await store.append_observation("e2", {"i": 9})
+
+        assert [record["i"] for record in await store.observations("e1")] == [2, 3, 4]
+        assert [record["i"] for record in await store.observations("e2")] == [9]
+
+
+async def test_observations_go_with_their_entry_on_every_removal_path(db_path: Path) -> None:
+    async with SqliteStore(db_path) as store:
+        await store.put(make_entry("deleted"))
+        await store.put(make_entry("expired", created_at=NOW - 7200))
+        await store.put(make_entry("old", exact_key="same"))
+        await store.put(make_entry("kept"))
+        await store.put(make_entry("other", category="code"))
+        for entry_id in ("deleted", "expired", "old", "kept", "other", pool_key("code"), pool_key("default")):
+            await store.append_observation(entry_id, {"similarity": 0.9, "correct": True})
+
+        await store.delete(["deleted"])
+        await store.purge_expired(now=NOW)
+        await store.put(make_entry("new", exact_key="same"))  # replaces "old"
+        await store.delete_category("code")  # its entries and its pool
+
+        left = await store.observations_many(
+            ["deleted", "expired", "old", "kept", "other", pool_key("code"), pool_key("default")]
+        )
+    assert sorted(left) == ["category:default", "kept"]
 
 
 async def test_the_change_feed_delivers_what_is_published_to_every_follower(db_path: Path) -> None:
