@@ -18,11 +18,29 @@ class _Thresholds:
         gauge = GaugeMetricFamily(
             "semcache_similarity_threshold",
             "Similarity a semantic hit needs now, by category: the configured threshold (or the "
-            "verifier's floor), raised by bad feedback.",
+            "verifier's floor), raised by bad feedback, lowered within bounds by load.",
             labels=["category"],
         )
         for category, threshold in sorted(self._read().items()):
             gauge.add_metric([category], threshold)
+        yield gauge
+
+
+class _Loads:
+    """Each deployment's load figure (1 = at capacity), read when scraped."""
+
+    def __init__(self, read: Callable[[], Mapping[str, float]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[Metric]:
+        gauge = GaugeMetricFamily(
+            "semcache_deployment_load",
+            "Load of each deployment: the largest of its ratios to capacity (in flight, tokens per minute, "
+            "latency against its target, recent error rate); 1 = at capacity.",
+            labels=["deployment"],
+        )
+        for deployment, load in sorted(self._read().items()):
+            gauge.add_metric([deployment], load)
         yield gauge
 
 
@@ -48,6 +66,10 @@ class Metrics:
             "semcache_feedback", "Ratings of served hits, by category and rating.", ["category", "rating"],
             registry=self.registry,
         )  # fmt: skip
+        self.route_decisions = Counter(
+            "semcache_route_decisions", "Where misses were sent, by deployment and reason (x-semcache-route-reason).",
+            ["deployment", "reason"], registry=self.registry,
+        )  # fmt: skip
         self.latency = Histogram(
             "semcache_request_seconds",
             "Time to answer, by outcome.",
@@ -59,6 +81,12 @@ class Metrics:
     def watch_thresholds(self, read: Callable[[], Mapping[str, float]]) -> Callable[[], None]:
         """Export `read()` (category → threshold) as a gauge; returns the function that stops it."""
         collector = _Thresholds(read)
+        self.registry.register(collector)
+        return lambda: self.registry.unregister(collector)
+
+    def watch_loads(self, read: Callable[[], Mapping[str, float]]) -> Callable[[], None]:
+        """Export `read()` (deployment → load) as a gauge; returns the function that stops it."""
+        collector = _Loads(read)
         self.registry.register(collector)
         return lambda: self.registry.unregister(collector)
 

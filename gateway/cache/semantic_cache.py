@@ -42,6 +42,7 @@ from gateway.config import GatewayConfig
 from gateway.errors import AlreadyRated, ConfigError, HitNotFound, InvalidRequest, ServiceUnavailable
 from gateway.metrics import Metrics
 from gateway.stores import CacheEntry, DeadlineStore, Store, open_store
+from gateway.upstream import Router
 from gateway.wire import (
     CompletionRequest,
     Endpoint,
@@ -120,8 +121,11 @@ class SemanticCache:
         verifier: Verifier | None = None,
         clock: Clock = time.time,
         metrics: Metrics | None = None,
+        load: Router | None = None,
     ) -> None:
+        """`load`: the router whose live load moves the rules (none: they never move)."""
         self.config = config
+        self._load = load
         self.metrics = metrics or Metrics()
         self.tasks = TaskTracker()
         self._embedder = embedder
@@ -227,6 +231,7 @@ class SemanticCache:
             clock=self._clock,
             verifier=self._verifier,
             thresholds=thresholds,
+            load=self._load,
         )
         stack.callback(self.metrics.watch_thresholds(engine.thresholds))
         await self._restore(engine, catalog, batcher.embedder.name)
