@@ -108,7 +108,9 @@ def create_app(
     """Parts passed in (embedder, store, upstream) are used as they are and stay the caller's to
     close; the rest is built from `config` in the lifespan and closed there. Raises `ConfigError`
     when the config would serve anyone with the gateway's own upstream key."""
-    problems = client_problems(config.upstream, config.clients, listed=bool(config.tenant_by_key_sha256))
+    problems = client_problems(
+        config.upstream, config.clients, listed=bool(config.tenant_by_key_sha256), own_key=config.spends_own_key
+    )
     if problems:
         raise ConfigError("config", [f"{path}: {reason}" for path, reason in problems])
     clients = ClientKeys.from_config(config)

@@ -261,7 +261,8 @@ class GatewayConfig:
         upstream, clients, tenants = values.get("upstream"), values.get("clients"), values.get("tenants")
         if upstream is None or clients is None or tenants is None:
             return problems  # reported where it is wrong
-        return problems + client_problems(upstream, clients, listed=bool(tenants))
+        own_key = any(d.api_key_env is not None for d in values.get("deployments") or ())
+        return problems + client_problems(upstream, clients, listed=bool(tenants), own_key=own_key)
 
     @property
     def served_models(self) -> tuple[str, ...]:
@@ -276,7 +277,12 @@ class GatewayConfig:
     @property
     def requires_listed_key(self) -> bool:
         """Whether only callers with a key listed under `tenants` are served."""
-        return requires_listed_key(self.upstream, self.clients)
+        return requires_listed_key(self.upstream, self.clients, own_key=self.spends_own_key)
+
+    @property
+    def spends_own_key(self) -> bool:
+        """Whether some deployment is called with the gateway's own key (not the caller's)."""
+        return any(d.api_key_env is not None or d.api_key is not None for d in self.deployments)
 
 
 def _routing_problems(values: Mapping[str, Any]) -> Iterable[tuple[str, str]]:
@@ -295,23 +301,28 @@ def _routing_problems(values: Mapping[str, Any]) -> Iterable[tuple[str, str]]:
         yield "routes", "routes need deployments to route to"
 
 
-def requires_listed_key(upstream: UpstreamConfig, clients: ClientsConfig) -> bool:
+def requires_listed_key(upstream: UpstreamConfig, clients: ClientsConfig, *, own_key: bool = False) -> bool:
+    """`own_key`: a deployment is called with the gateway's own key, as with `upstream.api_key_env`."""
     if clients.require_listed_key is not None:
         return clients.require_listed_key
-    return (upstream.api_key_env is not None or upstream.api_key is not None) and not clients.allow_anonymous
+    spends = own_key or upstream.api_key_env is not None or upstream.api_key is not None
+    return spends and not clients.allow_anonymous
 
 
-def client_problems(upstream: UpstreamConfig, clients: ClientsConfig, *, listed: bool) -> list[tuple[str, str]]:
+def client_problems(
+    upstream: UpstreamConfig, clients: ClientsConfig, *, listed: bool, own_key: bool = False
+) -> list[tuple[str, str]]:
     """Why these settings would leave the gateway open to anyone or closed to everyone."""
     if clients.require_listed_key and clients.allow_anonymous:
         return [("clients", "require_listed_key and allow_anonymous contradict each other: set one")]
-    if requires_listed_key(upstream, clients) and not listed:
+    if requires_listed_key(upstream, clients, own_key=own_key) and not listed:
         if clients.require_listed_key:
             return [("clients.require_listed_key", "no client key is listed: list them under tenants")]
+        whose = "upstream.api_key_env" if upstream.api_key_env is not None else "a deployment's api_key_env"
         return [
             (
                 "clients",
-                "upstream.api_key_env is set, so the gateway would spend its own key for any caller: list the "
+                f"{whose} is set, so the gateway would spend its own key for any caller: list the "
                 "client keys under tenants (api_key_env or api_key_sha256), or set clients.allow_anonymous: "
                 "true to serve anyone who can reach the port",
             )

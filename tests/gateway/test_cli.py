@@ -244,3 +244,13 @@ def test_calibrate_at_an_unreachable_target_says_what_is_reachable(tmp_path: Pat
     assert "nothing could be calibrated at precision >= 0.95" in result.stderr
     assert "nothing was written" in result.stderr
     assert not (out / "policy.yaml").exists()
+
+
+def test_simulate_upstream_takes_its_own_options(capsys: pytest.CaptureFixture[str]) -> None:
+    from gateway.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["simulate-upstream", "--port", "not-a-port", "--capacity", "3"])
+
+    assert exited.value.code == 2
+    assert "argument --port: invalid int value: 'not-a-port'" in capsys.readouterr().err

@@ -430,7 +430,13 @@ def test_a_deployment_key_is_named_by_environment_variable_and_resolved_from_it(
     assert "deployments[0].api_key: secrets go in environment variables" in "; ".join(
         problems_of({"deployments": [{**_DEPLOYMENT, "api_key": "sk-raw"}], "routes": ["auto"]})
     )
-    config = parse_config({"deployments": [{**_DEPLOYMENT, "api_key_env": "SMALL_KEY"}], "routes": ["auto"]})
+    config = parse_config(
+        {
+            "deployments": [{**_DEPLOYMENT, "api_key_env": "SMALL_KEY"}],
+            "routes": ["auto"],
+            "clients": {"allow_anonymous": True},
+        }
+    )
     resolved = resolve_secrets(config, {"SMALL_KEY": "sk-small"})
     assert resolved.deployments[0].api_key == "sk-small"
     assert "sk-small" not in repr(resolved)
@@ -443,3 +449,11 @@ def test_without_deployments_the_upstream_is_the_one_deployment() -> None:
     assert config.deployments == ()
     assert config.served_models == ("m",)
     assert "routes: routes need deployments" in "; ".join(problems_of({"routes": ["auto"]}))
+
+
+def test_a_deployment_called_with_the_gateways_own_key_needs_listed_client_keys() -> None:
+    data = {"deployments": [{**_DEPLOYMENT, "api_key_env": "SMALL_KEY"}], "routes": ["auto"]}
+    assert "clients: a deployment's api_key_env is set, so the gateway would spend its own key" in "; ".join(
+        problems_of(data)
+    )
+    assert parse_config({**data, "clients": {"allow_anonymous": True}}).spends_own_key
