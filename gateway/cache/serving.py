@@ -4,6 +4,8 @@ to a deployment (the proxy), the app (the middleware) or the provider (the LiteL
     action = await serving.serve(request, api_key=key, control=control)
     if isinstance(action, Reply):
         ...answer action.answer as JSON or a replayed stream...
+    elif isinstance(action, Refuse):  # only with a router: every deployment is past capacity
+        ...answer 429 with Retry-After (action.shed.retry_after_s)...
     else:
         try:
             ...send action.request to action.route (or the app); on a complete answer:
