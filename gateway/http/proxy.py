@@ -191,8 +191,8 @@ class Proxy:
                         return error_response(error, {**error.headers, **routed})
                     route, route_request = retry, None  # once
                     continue
-                except BaseException:
-                    call.end(status=500)
+                except BaseException:  # the client went away, or a bug of ours: no verdict on the deployment
+                    call.end(status=499)
                     raise
                 call.end(status=None, tokens=_tokens(answer.body))
                 if on_complete is not None and is_complete(answer.body):

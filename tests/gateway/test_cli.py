@@ -73,6 +73,8 @@ def test_the_gateways_own_key_without_client_keys_is_refused_at_start(tmp_path: 
 def test_serve_runs_the_example_config_against_an_upstream(tmp_path: Path, upstream: Upstream) -> None:
     config = yaml.safe_load((REPO / "config.example.yaml").read_text())
     config["upstream"]["api_base"] = f"{upstream.url}/v1"
+    for deployment in config["deployments"]:  # the simulated upstream answers as both models
+        deployment["api_base"] = f"{upstream.url}/v1"
     config["cache"]["store"]["path"] = str(tmp_path / "cache.db")
     config["policy"] = str(REPO / config["policy"])
     path = tmp_path / "config.yaml"
@@ -101,6 +103,7 @@ def test_serve_runs_the_example_config_against_an_upstream(tmp_path: Path, upstr
         first = httpx.post(f"{url}/v1/chat/completions", json=request, timeout=30)
         assert first.status_code == 200
         assert first.headers["x-semcache"] == "miss"
+        assert (first.headers["x-semcache-model"], first.headers["x-semcache-route-reason"]) == ("sim-large", "pinned")
         for _ in range(100):  # stored in the background once the answer is out
             second = httpx.post(f"{url}/v1/chat/completions", json=request, timeout=30)
             if second.headers["x-semcache"] == "exact":
