@@ -120,19 +120,19 @@ class Serving:
                 return Refuse(request=decision.request, decision=decision, shed=route)
             return Forward(request=decision.request, decision=decision, route=route, cache=self.cache,
                            route_request=route_request)  # fmt: skip
+        if self._flights is not None and control.lookup:
+            # An identical request in flight answers this one too, even when every model is busy.
+            timeout_s = self.cache.config.upstream.timeout_s
+            shared = await self._flights.join(decision.key.exact, timeout_s=timeout_s)
+            if shared is not None:
+                answer = replay_completion(shared, endpoint=decision.request.endpoint, now=self.cache.clock())
+                return Reply(request=decision.request, answer=answer, decision=decision, outcome=Outcome.COALESCED)
+        # Routed after waiting on a flight, by the load of now.
         route_request = self._route_request(decision)
         route = self._route(route_request)
         if isinstance(route, Shed):
             return Refuse(request=decision.request, decision=decision, shed=route)
-        flight = None
-        if self._flights is not None:
-            exact_key = decision.key.exact
-            timeout_s = self.cache.config.upstream.timeout_s
-            shared = await self._flights.join(exact_key, timeout_s=timeout_s) if control.lookup else None
-            if shared is not None:
-                answer = replay_completion(shared, endpoint=decision.request.endpoint, now=self.cache.clock())
-                return Reply(request=decision.request, answer=answer, decision=decision, outcome=Outcome.COALESCED)
-            flight = self._flights.begin(exact_key)
+        flight = None if self._flights is None else self._flights.begin(decision.key.exact)
         return Forward(
             request=decision.request,
             decision=decision,
