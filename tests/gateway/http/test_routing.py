@@ -42,18 +42,22 @@ def large() -> Iterator[Upstream]:
         yield Upstream(url=running.url, state=state)
 
 
-@pytest.fixture
-def routed(tmp_path: Path, small: Upstream, large: Upstream, start_gateway: GatewayFactory) -> Iterator[Gateway]:
+def routed_config(tmp_path: Path, small: Upstream, large: Upstream, *, large_timeout_s: float = 60) -> GatewayConfig:
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY, encoding="utf-8")
-    config = GatewayConfig(
+    return GatewayConfig(
         upstream=UpstreamConfig(api_base=f"{large.url}/v1", timeout_s=5),
         deployments=(
             DeploymentConfig(
                 name="small-1", tier="small", model="openai/sim-small", api_base=f"{small.url}/v1", max_concurrency=8
             ),
             DeploymentConfig(
-                name="large-1", tier="large", model="openai/sim-large", api_base=f"{large.url}/v1", max_concurrency=2
+                name="large-1",
+                tier="large",
+                model="openai/sim-large",
+                api_base=f"{large.url}/v1",
+                max_concurrency=2,
+                timeout_s=large_timeout_s,
             ),
         ),
         routes=("auto",),
@@ -61,7 +65,11 @@ def routed(tmp_path: Path, small: Upstream, large: Upstream, start_gateway: Gate
         policy=str(policy),
         cache=CacheConfig(store=StoreConfig(path=str(tmp_path / "cache.db"))),
     )
-    with start_gateway(config=config) as gateway:
+
+
+@pytest.fixture
+def routed(tmp_path: Path, small: Upstream, large: Upstream, start_gateway: GatewayFactory) -> Iterator[Gateway]:
+    with start_gateway(config=routed_config(tmp_path, small, large)) as gateway:
         yield gateway
 
 
@@ -220,3 +228,16 @@ def test_a_stream_is_never_retried_after_its_first_byte(routed: Gateway, small: 
     assert response.headers["x-semcache-model"] == "large-1"
     assert "[DONE]" not in text  # cut part-way: the client sees it, and nothing was sent elsewhere
     assert small.state.received == []
+
+
+def test_a_call_that_times_out_is_retried_on_another_deployment(
+    tmp_path: Path, small: Upstream, large: Upstream, start_gateway: GatewayFactory
+) -> None:
+    large.set_faults(stall_s=3, times=1)
+
+    with start_gateway(config=routed_config(tmp_path, small, large, large_timeout_s=0.5)) as gateway:
+        response = ask(gateway, "Does a slow model hold this up?")
+
+    assert response.status_code == 200
+    assert response.headers["x-semcache-model"] == "small-1"
+    assert response.headers["x-semcache-route-reason"] == "retry-after-timeout"
