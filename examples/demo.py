@@ -62,6 +62,8 @@ class Row:
     similarity: str
     latency_ms: float
     answer: str
+    model: str = "-"  # x-semcache-model: the deployment that answered a miss
+    route: str = "-"  # x-semcache-route-reason
 
 
 def port_is_free(port: int) -> bool:
@@ -78,6 +80,8 @@ def write_config(directory: Path, *, upstream_port: int, gateway_port: int) -> P
     config = yaml.safe_load(EXAMPLE_CONFIG.read_text(encoding="utf-8"))
     config["server"]["port"] = gateway_port
     config["upstream"]["api_base"] = f"http://127.0.0.1:{upstream_port}/v1"
+    for deployment in config.get("deployments") or ():  # the simulated upstream answers as each model
+        deployment["api_base"] = f"http://127.0.0.1:{upstream_port}/v1"
     config["cache"]["store"]["path"] = str(directory / "cache.db")
     if config.get("policy"):  # relative to the config file, which now lives in the temporary folder
         config["policy"] = str((EXAMPLE_CONFIG.parent / config["policy"]).resolve())
@@ -153,6 +157,8 @@ def replay(gateway_url: str, model: str, prompts: Sequence[str]) -> list[Row]:
                     similarity=raw.headers.get("x-semcache-similarity", "-"),
                     latency_ms=latency_ms,
                     answer=" ".join((completion.choices[0].message.content or "").split()),
+                    model=raw.headers.get("x-semcache-model", "-"),
+                    route=raw.headers.get("x-semcache-route-reason", "-"),
                 )
             )
             time.sleep(0.1)  # a replay, not a load test; also lets the previous answer be stored
@@ -173,10 +179,12 @@ def clip(text: str, width: int) -> str:
 
 
 def print_table(rows: Sequence[Row]) -> None:
-    headers = ("prompt", "x-semcache", "similarity", "latency ms", "answer snippet")
+    headers = ("prompt", "x-semcache", "similarity", "latency ms", "model (route reason)", "answer snippet")
     cells = [
-        (clip(r.prompt, 52), r.outcome, r.similarity, f"{r.latency_ms:.0f}", clip(snippet(r.answer), 64)) for r in rows
-    ]
+        (clip(r.prompt, 52), r.outcome, r.similarity, f"{r.latency_ms:.0f}",
+         "-" if r.model == "-" else f"{r.model} ({r.route})", clip(snippet(r.answer), 56))
+        for r in rows
+    ]  # fmt: skip
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
     right = {2, 3}
 
@@ -213,7 +221,9 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="semcache-demo-") as tmp:
         directory = Path(tmp)
         config = write_config(directory, upstream_port=args.upstream_port, gateway_port=args.gateway_port)
-        models = yaml.safe_load(config.read_text(encoding="utf-8"))["upstream"].get("models") or ["sim-large"]
+        loaded = yaml.safe_load(config.read_text(encoding="utf-8"))
+        # Routed when the config declares a route (misses go to the small or large model by category and load).
+        models = loaded.get("routes") or loaded["upstream"].get("models") or ["sim-large"]
         upstream_log, gateway_log = directory / "upstream.log", directory / "gateway.log"
         upstream_cmd = [sys.executable, "-m", "gateway.http.simulated_upstream"]
         upstream_cmd += ["--port", str(args.upstream_port), "--latency-ms", str(args.latency_ms)]

@@ -39,7 +39,7 @@ from gateway.http.readiness import UpstreamProbe, readiness
 from gateway.http.responses import error_response
 from gateway.metrics import Metrics
 from gateway.stores import Store
-from gateway.upstream import LiteLLMUpstream, SingleDeploymentRouter, Upstream
+from gateway.upstream import LiteLLMUpstream, LoadRouter, Router, SingleDeploymentRouter, Upstream
 from policies.verifier import Verifier
 
 logger = logging.getLogger("semcache.app")
@@ -63,6 +63,8 @@ async def _open(
     cache: SemanticCache,
     upstream: Upstream | None,
     clock: Clock,
+    *,
+    router: Router,
 ) -> Proxy:
     # Start-up takes seconds (model load, index rebuild, the litellm import): say what it is doing.
     started = time.perf_counter()
@@ -81,9 +83,17 @@ async def _open(
         cache=cache,
         upstream=upstream,
         passthrough=passthrough,
-        serving=Serving(cache, router=SingleDeploymentRouter(config.upstream)),
+        serving=Serving(cache, router=router),
+        router=router,
         clock=clock,
     )
+
+
+def build_router(config: GatewayConfig) -> Router:
+    """Routing by tier and load over `deployments`; without any, the one `upstream`."""
+    if not config.deployments:
+        return SingleDeploymentRouter(config.upstream)
+    return LoadRouter(config.deployments, routes=config.routes, settings=config.routing)
 
 
 def create_app(
@@ -98,19 +108,26 @@ def create_app(
     """Parts passed in (embedder, store, upstream) are used as they are and stay the caller's to
     close; the rest is built from `config` in the lifespan and closed there. Raises `ConfigError`
     when the config would serve anyone with the gateway's own upstream key."""
-    problems = client_problems(config.upstream, config.clients, listed=bool(config.tenant_by_key_sha256))
+    problems = client_problems(
+        config.upstream, config.clients, listed=bool(config.tenant_by_key_sha256), own_key=config.spends_own_key
+    )
     if problems:
         raise ConfigError("config", [f"{path}: {reason}" for path, reason in problems])
     clients = ClientKeys.from_config(config)
     probe = UpstreamProbe(config.upstream.api_base)
     runtime = _Runtime()
     metrics = Metrics()
-    cache = SemanticCache(config, embedder=embedder, store=store, verifier=verifier, clock=clock, metrics=metrics)
+    router = build_router(config)
+    if isinstance(router, LoadRouter):
+        metrics.watch_loads(router.loads)
+    cache = SemanticCache(
+        config, embedder=embedder, store=store, verifier=verifier, clock=clock, metrics=metrics, load=router
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
-            runtime.proxy = await _open(stack, config, cache, upstream, clock)
+            runtime.proxy = await _open(stack, config, cache, upstream, clock, router=router)
             stack.callback(reload_on_sighup(cache))
             try:
                 yield

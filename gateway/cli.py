@@ -217,7 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["simulate-upstream"]:  # argparse's REMAINDER refuses options that come first
+        return _simulate_upstream(argparse.Namespace(options=arguments[1:]))
+    args = build_parser().parse_args(arguments)
     try:
         code: int = args.run(args)
     except (ConfigError, PolicyError) as error:

@@ -17,7 +17,8 @@ import yaml
 
 from embeddings import PACKAGED_MODEL, EmbedderSpec
 from gateway.errors import ConfigError
-from policies import build, check, in_range, positive
+from policies import build, check, check_each, in_range, positive
+from policies.load import PressureSettings
 from policies.model import error_rate
 
 
@@ -75,6 +76,59 @@ class UpstreamConfig:
     # forwarded (GET /v1/models, POST /v1/embeddings); every other /v1 route is a 404, so that a
     # caller cannot reach the provider's files, batches or fine-tuning APIs through the gateway.
     passthrough: tuple[PassthroughRoute, ...] = ()
+
+
+def _litellm_model(value: Any) -> str | None:
+    provider, _, model = str(value).partition("/")
+    if not provider or not model:
+        return f"must be a litellm model string '<provider>/<model>' (e.g. openai/gpt-4o-mini), got {value!r}"
+    return None
+
+
+def _route_name(value: Any) -> str | None:
+    return None if str(value).strip() and str(value) == str(value).strip() else f"must be a name, got {value!r}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeploymentConfig:
+    """One model endpoint misses may be routed to. The policy names tiers; these hold the endpoints."""
+
+    # Reported in x-semcache-model and the metrics; a client naming it (or its model) is pinned to it.
+    name: str = field(metadata=check(_route_name))
+    tier: Literal["small", "large"]
+    # litellm model string: "<provider>/<model>", e.g. "openai/gpt-4o-mini".
+    model: str = field(metadata=check(_litellm_model))
+    api_base: str = field(metadata=check(_http_url))
+    # Environment variable with this deployment's key. Unset: each caller's own key is forwarded.
+    api_key_env: str | None = None
+    api_key: str | None = field(default=None, repr=False, metadata={"secret": True})
+    # Most concurrent requests it takes (load 1 at this many in flight).
+    max_concurrency: int = field(metadata=check(in_range(1, 1_000_000)))
+    # Tokens (prompt + completion) it takes per minute; unset: not a load signal.
+    tokens_per_minute: int | None = field(default=None, metadata=check(positive))
+    # Latency (time to first token for streams) it keeps at capacity; unset: not a load signal.
+    target_latency_ms: float | None = field(default=None, metadata=check(positive))
+    timeout_s: float = field(default=60.0, metadata=check(positive))
+    # Dollars per million tokens, for the operator's cost reports.
+    input_price_per_1m: float = field(default=0.0, metadata=check(in_range(0, 1_000_000)))
+    output_price_per_1m: float = field(default=0.0, metadata=check(in_range(0, 1_000_000)))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RoutingConfig:
+    """How misses are spread over `deployments` (only read when there are some)."""
+
+    # Past this load the preferred tier offloads to the other one (when the category allows it).
+    high_watermark: float = field(default=0.8, metadata=check(in_range(0, 1, low_open=True)))
+    # A deployment that answered 429/5xx or timed out gets no routed traffic for this long.
+    cooldown_s: float = field(default=5.0, metadata=check(in_range(0, 3600)))
+    # What a shed request's Retry-After says.
+    retry_after_s: int = field(default=1, metadata=check(in_range(1, 3600)))
+    # Load of the tier a category's misses go to → how far its threshold and TTL move within bounds.
+    pressure: PressureSettings = field(default_factory=PressureSettings)
+    # EWMA weight of each new latency sample; recent outcomes counted for the error rate.
+    latency_alpha: float = field(default=0.2, metadata=check(in_range(0, 1, low_open=True)))
+    error_window_s: float = field(default=30.0, metadata=check(positive))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -250,6 +304,11 @@ class AdminConfig:
 class GatewayConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
+    # Deployments misses are routed to by tier and load. Empty: every miss goes to `upstream`.
+    deployments: tuple[DeploymentConfig, ...] = ()
+    # Model names clients ask for to be routed (e.g. "auto"); naming a deployment pins it instead.
+    routes: tuple[str, ...] = field(default=(), metadata=check_each(_route_name))
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
     embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     # A category policy file (see examples/policy_files/); relative to the config file. Unset: one
@@ -269,34 +328,72 @@ class GatewayConfig:
 
     @staticmethod
     def schema_rules(values: Mapping[str, Any]) -> Iterable[tuple[str, str]]:
+        problems = list(_routing_problems(values))
         upstream, clients, tenants = values.get("upstream"), values.get("clients"), values.get("tenants")
         if upstream is None or clients is None or tenants is None:
-            return ()  # reported where it is wrong
-        return client_problems(upstream, clients, listed=bool(tenants))
+            return problems  # reported where it is wrong
+        own_key = any(d.api_key_env is not None for d in values.get("deployments") or ())
+        return problems + client_problems(upstream, clients, listed=bool(tenants), own_key=own_key)
+
+    @property
+    def served_models(self) -> tuple[str, ...]:
+        """What clients may name: with deployments, the routes, the deployments and their models;
+        without, `upstream.models` (empty: any)."""
+        if not self.deployments:
+            return self.upstream.models
+        named = [*self.routes, *(d.name for d in self.deployments), *(d.model for d in self.deployments)]
+        named += [d.model.partition("/")[2] for d in self.deployments]
+        return tuple(dict.fromkeys(named))
 
     @property
     def requires_listed_key(self) -> bool:
         """Whether only callers with a key listed under `tenants` are served."""
-        return requires_listed_key(self.upstream, self.clients)
+        return requires_listed_key(self.upstream, self.clients, own_key=self.spends_own_key)
+
+    @property
+    def spends_own_key(self) -> bool:
+        """Whether some deployment is called with the gateway's own key (not the caller's)."""
+        return any(d.api_key_env is not None or d.api_key is not None for d in self.deployments)
 
 
-def requires_listed_key(upstream: UpstreamConfig, clients: ClientsConfig) -> bool:
+def _routing_problems(values: Mapping[str, Any]) -> Iterable[tuple[str, str]]:
+    deployments: tuple[DeploymentConfig, ...] = values.get("deployments") or ()
+    routes: tuple[str, ...] = values.get("routes") or ()
+    seen: dict[str, str] = {}
+    for i, deployment in enumerate(deployments):
+        if deployment.name in seen:
+            yield f"deployments[{i}].name", f"duplicate of {seen[deployment.name]} ({deployment.name!r})"
+        seen.setdefault(deployment.name, f"deployments[{i}].name")
+    for i, route in enumerate(routes):
+        if route in seen:
+            yield f"routes[{i}]", f"{route!r} is already the name of {seen[route]}"
+        seen.setdefault(route, f"routes[{i}]")
+    if routes and values.get("deployments") == ():  # None: wrong, and reported there
+        yield "routes", "routes need deployments to route to"
+
+
+def requires_listed_key(upstream: UpstreamConfig, clients: ClientsConfig, *, own_key: bool = False) -> bool:
+    """`own_key`: a deployment is called with the gateway's own key, as with `upstream.api_key_env`."""
     if clients.require_listed_key is not None:
         return clients.require_listed_key
-    return (upstream.api_key_env is not None or upstream.api_key is not None) and not clients.allow_anonymous
+    spends = own_key or upstream.api_key_env is not None or upstream.api_key is not None
+    return spends and not clients.allow_anonymous
 
 
-def client_problems(upstream: UpstreamConfig, clients: ClientsConfig, *, listed: bool) -> list[tuple[str, str]]:
+def client_problems(
+    upstream: UpstreamConfig, clients: ClientsConfig, *, listed: bool, own_key: bool = False
+) -> list[tuple[str, str]]:
     """Why these settings would leave the gateway open to anyone or closed to everyone."""
     if clients.require_listed_key and clients.allow_anonymous:
         return [("clients", "require_listed_key and allow_anonymous contradict each other: set one")]
-    if requires_listed_key(upstream, clients) and not listed:
+    if requires_listed_key(upstream, clients, own_key=own_key) and not listed:
         if clients.require_listed_key:
             return [("clients.require_listed_key", "no client key is listed: list them under tenants")]
+        whose = "upstream.api_key_env" if upstream.api_key_env is not None else "a deployment's api_key_env"
         return [
             (
                 "clients",
-                "upstream.api_key_env is set, so the gateway would spend its own key for any caller: list the "
+                f"{whose} is set, so the gateway would spend its own key for any caller: list the "
                 "client keys under tenants (api_key_env or api_key_sha256), or set clients.allow_anonymous: "
                 "true to serve anyone who can reach the port",
             )
@@ -340,6 +437,15 @@ def parse_config(data: Any, *, source: str = "<config>") -> GatewayConfig:
             judge = {key: value for key, value in judge.items() if key != "api_key"}
             data["verified"] = {**verified, "llm_judge": judge}
             secret_problems.append("verified.llm_judge.api_key")
+        deployments = data.get("deployments")
+        if isinstance(deployments, list):
+            for i, item in enumerate(deployments):
+                if isinstance(item, dict) and "api_key" in item:
+                    secret_problems.append(f"deployments[{i}].api_key")
+            data["deployments"] = [
+                {k: v for k, v in item.items() if k != "api_key"} if isinstance(item, dict) else item
+                for item in deployments
+            ]
         secret_problems += [key for key in ("api_key", "tenant_by_key_sha256") if data.pop(key, None) is not None]
     secret_problems = [f"{path}: secrets go in environment variables, not the file" for path in secret_problems]
     config, problems = build(GatewayConfig, data)
@@ -395,6 +501,12 @@ def resolve_secrets(config: GatewayConfig, environ: Mapping[str, str]) -> Gatewa
         upstream = replace(upstream, api_key=read(upstream.api_key_env, "upstream.api_key_env"))
     if admin.api_key_env is not None:
         admin = replace(admin, api_key=read(admin.api_key_env, "admin.api_key_env"))
+    deployments = tuple(
+        replace(deployment, api_key=read(deployment.api_key_env, f"deployments[{i}].api_key_env"))
+        if deployment.api_key_env is not None
+        else deployment
+        for i, deployment in enumerate(config.deployments)
+    )
     tenants: dict[str, str] = {}
     for i, tenant in enumerate(config.tenants):
         if tenant.api_key_sha256 is not None:
@@ -406,4 +518,6 @@ def resolve_secrets(config: GatewayConfig, environ: Mapping[str, str]) -> Gatewa
             tenants[key_digest(key)] = tenant.name
     if problems:
         raise ConfigError("environment", problems)
-    return replace(config, upstream=upstream, admin=admin, verified=verified, tenant_by_key_sha256=tenants)
+    return replace(
+        config, upstream=upstream, admin=admin, verified=verified, deployments=deployments, tenant_by_key_sha256=tenants
+    )

@@ -12,6 +12,7 @@ errors never reach a client (the engine turns them into a miss and counts them).
     │   ├── MethodNotAllowed          405
     │   ├── AlreadyRated              409
     │   ├── PayloadTooLarge           413
+    │   ├── Overloaded                429  every deployment that could answer is past capacity (Retry-After)
     │   ├── ServiceUnavailable        503
     │   └── UpstreamError             the upstream's own status, body fields and headers (429 stays 429)
     ├── CacheError                    never shown to a client: the request fails open
@@ -90,6 +91,17 @@ class RouteNotFound(ClientFacingError):
 
 class MethodNotAllowed(ClientFacingError):
     status_code = 405
+
+
+class Overloaded(ClientFacingError):
+    """Load shed: every deployment that could take the request is at capacity or cooling down."""
+
+    status_code = 429
+    error_type = "rate_limit_error"
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message, code="rate_limit_exceeded")
+        self.retry_after_s = retry_after_s
 
 
 class ServiceUnavailable(ClientFacingError):

@@ -18,7 +18,7 @@ class _Thresholds:
         gauge = GaugeMetricFamily(
             "semcache_similarity_threshold",
             "Similarity a semantic hit needs now, by category: the configured threshold (or the "
-            "verifier's floor), raised by bad feedback.",
+            "verifier's floor), raised by bad feedback, lowered within bounds by load.",
             labels=["category"],
         )
         for category, threshold in sorted(self._read().items()):
@@ -52,6 +52,24 @@ class _Verified:
                 error.add_metric([category], error_rate)
         yield threshold
         yield error
+
+
+class _Loads:
+    """Each deployment's load figure (1 = at capacity), read when scraped."""
+
+    def __init__(self, read: Callable[[], Mapping[str, float]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[Metric]:
+        gauge = GaugeMetricFamily(
+            "semcache_deployment_load",
+            "Load of each deployment: the largest of its ratios to capacity (in flight, tokens per minute, "
+            "latency against its target, recent error rate); 1 = at capacity.",
+            labels=["deployment"],
+        )
+        for deployment, load in sorted(self._read().items()):
+            gauge.add_metric([deployment], load)
+        yield gauge
 
 
 class Metrics:
@@ -91,6 +109,10 @@ class Metrics:
             ["category", "outcome"],
             registry=self.registry,
         )
+        self.route_decisions = Counter(
+            "semcache_route_decisions", "Where misses were sent, by deployment and reason (x-semcache-route-reason).",
+            ["deployment", "reason"], registry=self.registry,
+        )  # fmt: skip
         self.latency = Histogram(
             "semcache_request_seconds",
             "Time to answer, by outcome.",
@@ -108,6 +130,12 @@ class Metrics:
     def watch_verified(self, read: Callable[[], Mapping[str, tuple[float, float | None]]]) -> Callable[[], None]:
         """Export the verified-threshold estimates as gauges; returns the function that stops it."""
         collector = _Verified(read)
+        self.registry.register(collector)
+        return lambda: self.registry.unregister(collector)
+
+    def watch_loads(self, read: Callable[[], Mapping[str, float]]) -> Callable[[], None]:
+        """Export `read()` (deployment → load) as a gauge; returns the function that stops it."""
+        collector = _Loads(read)
         self.registry.register(collector)
         return lambda: self.registry.unregister(collector)
 

@@ -9,7 +9,8 @@ A category that states nothing gets the conservative values (`Category`'s defaul
 similarity_threshold 0.95 (only near-verbatim rephrasings hit), ttl_s 3600 (one hour),
 max_entries 1000, cacheable true, no near-miss band, no load adaptation (bounds equal to the
 values themselves), the gateway's feedback target error rate with a threshold feedback may raise
-up to 1.0, tier "large" (quality first when nothing is known about the request).
+up to 1.0, tier "large" (quality first when nothing is known about the request), offload to the
+other tier under load allowed.
 The `default` category catches every request that no rule matches and that the classifier cannot
 place with enough confidence. A file that does not declare one gets `Category(name="default")`,
 appended last, with exactly those values, except that its tier is "small" when `models` declares
@@ -135,6 +136,8 @@ class Category:
     # Verified thresholds (the gateway's `verified` section): the most a served semantic hit may be
     # wrong, δ in [0, 0.5]; 0 never serves one. Unset: the policy's `error_bound`.
     error_bound: float | None = field(default=None, metadata=check(_error_bound))
+    # Whether its misses may go to the other tier when the preferred one is past the high watermark.
+    offload: bool = True
 
     def __post_init__(self) -> None:
         run_rules(self)

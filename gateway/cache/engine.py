@@ -23,6 +23,7 @@ from gateway.config import FeedbackConfig
 from gateway.errors import ThresholdTooLoose
 from gateway.metrics import Metrics
 from gateway.stores import CacheEntry, Store
+from gateway.upstream import Router
 from gateway.wire import CompletionRequest, replay_completion
 from gateway.wire.cache_control import CacheControl
 from policies import DEFAULT, Category, CategoryClassifier, Classification, Policy
@@ -82,6 +83,7 @@ class CacheEngine:
         verifier: Verifier | None = None,
         thresholds: Thresholds | None = None,
         verification: Verification | None = None,
+        load: Router | None = None,
     ) -> None:
         self._catalog = catalog
         self._store = catalog.store
@@ -93,6 +95,10 @@ class CacheEngine:
         self._verifier = verifier
         self._thresholds = thresholds or Thresholds.from_config(FeedbackConfig())
         self._verification = verification
+        # The load of each category's tier moves its rules (`rules`); the last pressure is kept for
+        # the threshold gauge.
+        self._load = load
+        self._pressure: dict[str, float] = {}
 
     @property
     def store(self) -> Store:
@@ -123,7 +129,13 @@ class CacheEngine:
         return self._thresholds.effective(category, self._floor(category))
 
     def thresholds(self) -> dict[str, float]:
-        return {category.name: self.threshold(category) for category in self._active.policy.categories}
+        """Each category's hit threshold in force: feedback's, moved by the load pressure of its last request."""
+        return {
+            category.name: rules_for(
+                category, threshold=self.threshold(category), pressure=self._pressure.get(category.name, 0.0)
+            ).hit_threshold
+            for category in self._active.policy.categories
+        }
 
     def feedback_summary(self, category: Category) -> dict[str, Any]:
         state = self._thresholds.state(category.name)
@@ -144,9 +156,12 @@ class CacheEngine:
         """The rules in force for one request of `category`; a per-request threshold may only be
         stricter than the category's (`ThresholdTooLoose` otherwise)."""
         _check_threshold(control.threshold, category)
+        pressure = 0.0 if self._load is None else self._load.pressure(category.name, category.tier)
+        self._pressure[category.name] = pressure
         return rules_for(
             category,
             threshold=self.threshold(category),
+            pressure=pressure,
             requested_threshold=control.threshold,
             requested_ttl_s=control.ttl_s,
         )

@@ -44,6 +44,7 @@ from gateway.config import GatewayConfig, VerifiedConfig, embedder_spec
 from gateway.errors import AlreadyRated, ConfigError, HitNotFound, InvalidRequest, ServiceUnavailable
 from gateway.metrics import Metrics
 from gateway.stores import CacheEntry, DeadlineStore, Store, open_store
+from gateway.upstream import Router
 from gateway.wire import (
     CompletionRequest,
     Endpoint,
@@ -138,8 +139,11 @@ class SemanticCache:
         judge: Judge | None = None,
         clock: Clock = time.time,
         metrics: Metrics | None = None,
+        load: Router | None = None,
     ) -> None:
+        """`load`: the router whose live load moves the rules (none: they never move)."""
         self.config = config
+        self._load = load
         self.metrics = metrics or Metrics()
         self.tasks = TaskTracker()
         self._embedder = embedder
@@ -254,6 +258,7 @@ class SemanticCache:
             verifier=self._verifier,
             thresholds=thresholds,
             verification=verification,
+            load=self._load,
         )
         stack.callback(self.metrics.watch_thresholds(engine.thresholds))
         await self._restore(engine, catalog, batcher.embedder.name)

@@ -4,6 +4,8 @@ to a deployment (the proxy), the app (the middleware) or the provider (the LiteL
     action = await serving.serve(request, api_key=key, control=control)
     if isinstance(action, Reply):
         ...answer action.answer as JSON or a replayed stream...
+    elif isinstance(action, Refuse):  # only with a router: every deployment is past capacity
+        ...answer 429 with Retry-After (action.shed.retry_after_s)...
     else:
         try:
             ...send action.request to action.route (or the app); on a complete answer:
@@ -26,7 +28,7 @@ from typing import Any
 from gateway.cache.decisions import Bypass, Decision, Hit, Miss, NearMiss, Outcome
 from gateway.cache.semantic_cache import SemanticCache
 from gateway.cache.singleflight import Flight, SingleFlight
-from gateway.upstream import Route, Router, RouteRequest
+from gateway.upstream import Route, Router, RouteRequest, Shed
 from gateway.wire import CompletionRequest, replay_completion
 from gateway.wire.cache_control import CacheControl
 
@@ -51,6 +53,8 @@ class Forward:
     decision: Miss | Bypass
     route: Route | None
     cache: SemanticCache
+    # What the router was asked (None without a router): a retry asks again, excluding the failed.
+    route_request: RouteRequest | None = None
     flight: Flight | None = None
     # Whether a complete answer is remembered (not for a bypass, nor under Cache-Control: no-store).
     store: bool = False
@@ -75,7 +79,21 @@ class Forward:
             self.flight.finish()
 
 
-Action = Reply | Forward
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Refuse:
+    """Shed load: the cache could not answer (its lookup ran under the load-adapted rules) and every
+    deployment that could is past capacity: 429 with Retry-After, never an unbounded queue."""
+
+    request: CompletionRequest
+    decision: Miss | Bypass
+    shed: Shed
+
+    @property
+    def outcome(self) -> Outcome:
+        return self.decision.outcome
+
+
+Action = Reply | Forward | Refuse
 
 
 class Serving:
@@ -97,39 +115,53 @@ class Serving:
         if isinstance(decision, Hit):
             return Reply(request=decision.request, answer=decision.answer, decision=decision, outcome=decision.outcome)
         if isinstance(decision, Bypass):
-            return Forward(request=decision.request, decision=decision, route=self._route(decision), cache=self.cache)
-        flight = None
-        if self._flights is not None:
-            exact_key = decision.key.exact
+            route_request = self._route_request(decision)
+            route = self._route(route_request)
+            if isinstance(route, Shed):
+                return Refuse(request=decision.request, decision=decision, shed=route)
+            return Forward(request=decision.request, decision=decision, route=route, cache=self.cache,
+                           route_request=route_request)  # fmt: skip
+        if self._flights is not None and control.lookup:
+            # An identical request in flight answers this one too, even when every model is busy.
             timeout_s = self.cache.config.upstream.timeout_s
-            shared = await self._flights.join(exact_key, timeout_s=timeout_s) if control.lookup else None
+            shared = await self._flights.join(decision.key.exact, timeout_s=timeout_s)
             if shared is not None:
                 answer = replay_completion(shared, endpoint=decision.request.endpoint, now=self.cache.clock())
                 return Reply(request=decision.request, answer=answer, decision=decision, outcome=Outcome.COALESCED)
-            flight = self._flights.begin(exact_key)
+        # Routed after waiting on a flight, by the load of now.
+        route_request = self._route_request(decision)
+        route = self._route(route_request)
+        if isinstance(route, Shed):
+            return Refuse(request=decision.request, decision=decision, shed=route)
+        flight = None if self._flights is None else self._flights.begin(decision.key.exact)
         return Forward(
             request=decision.request,
             decision=decision,
-            route=self._route(decision),
+            route=route,
+            route_request=route_request,
             cache=self.cache,
             flight=flight,
             store=control.store,
         )
 
-    def _route(self, decision: Miss | Bypass) -> Route | None:
+    def _route_request(self, decision: Miss | Bypass) -> RouteRequest | None:
         if self._router is None:
             return None
-        category = decision.category
+        name = decision.category
         policy = self.cache.engine.policy
-        tier = policy.category(category).tier if category is not None and category in policy.names else None
-        return self._router.route(
-            RouteRequest(
-                model=decision.request.model,
-                category=category,
-                tier=tier,
-                near_miss=isinstance(decision, NearMiss),
-            )
+        category = policy.category(name) if name is not None and name in policy.names else None
+        return RouteRequest(
+            model=decision.request.model,
+            category=name,
+            tier=None if category is None else category.tier,
+            near_miss=isinstance(decision, NearMiss),
+            offload=True if category is None else category.offload,
         )
+
+    def _route(self, request: RouteRequest | None) -> Route | Shed | None:
+        if self._router is None or request is None:
+            return None
+        return self._router.route(request)
 
     def record(self, outcome: str, started: float) -> None:
         """Count one answered request (`outcome`: an `Outcome`, or "invalid") and its latency from

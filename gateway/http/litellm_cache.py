@@ -54,7 +54,7 @@ from gateway.cache.decisions import Hit, Miss
 from gateway.cache.lifetime import CacheLifetime
 from gateway.cache.scope import CacheKey, cache_key, tenant_for
 from gateway.cache.semantic_cache import SemanticCache
-from gateway.cache.serving import Forward, Serving
+from gateway.cache.serving import Forward, Reply, Serving
 from gateway.errors import InvalidRequest, LiteLLMDependencyMissing
 from gateway.upstream import import_litellm
 from gateway.wire import CompletionRequest
@@ -194,6 +194,8 @@ class LiteLLMSemanticCache(BaseCache):
                 while len(self._pending) > self._max_pending:
                     self._pending.popitem(last=False)
             return None
+        if not isinstance(action, Reply):  # no router here, so nothing is ever shed
+            raise TypeError(f"LiteLLM's serving step cannot {type(action).__name__}")
         if isinstance(metadata, dict) and isinstance(decision, Hit):
             # LiteLLM's convention; its proxy answers x-litellm-semantic-similarity.
             metadata["semantic-similarity"] = decision.similarity

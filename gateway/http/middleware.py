@@ -41,7 +41,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.cache.decisions import Outcome
 from gateway.cache.lifetime import CacheLifetime
 from gateway.cache.semantic_cache import SemanticCache
-from gateway.cache.serving import Reply, Serving
+from gateway.cache.serving import Forward, Reply, Serving
 from gateway.config import GatewayConfig
 from gateway.errors import ClientFacingError, InvalidRequest
 from gateway.http.responses import bearer_key, error_response, lookup_headers, reply_response
@@ -189,6 +189,8 @@ class SemanticCacheMiddleware:
             await reply_response(action)(scope, receive, send)
             self._serving.record(action.outcome, started)
             return
+        if not isinstance(action, Forward):  # no router here, so nothing is ever shed
+            raise TypeError(f"the middleware's serving step cannot {type(action).__name__}")
         headers = lookup_headers(action.decision)
         try:
             await self._forward(scope, receive, send, headers, on_complete=action.complete, endpoint=request.endpoint)

@@ -15,11 +15,12 @@ from gateway.cache.decisions import Outcome
 from gateway.cache.engine import Clock
 from gateway.cache.feedback import parse_feedback
 from gateway.cache.semantic_cache import SemanticCache
-from gateway.cache.serving import Reply, Serving
+from gateway.cache.serving import Refuse, Reply, Serving
 from gateway.config import GatewayConfig
 from gateway.errors import (
     ClientFacingError,
     ModelNotFound,
+    Overloaded,
     PayloadTooLarge,
     RouteNotFound,
     UpstreamError,
@@ -27,7 +28,7 @@ from gateway.errors import (
 from gateway.http.passthrough import Passthrough
 from gateway.http.responses import bearer_key, error_response, lookup_headers, reply_response
 from gateway.metrics import Metrics
-from gateway.upstream import Route, Upstream, UpstreamStream
+from gateway.upstream import Call, Chunk, Route, Router, RouteRequest, Shed, Upstream, UpstreamStream
 from gateway.wire import (
     CompletionRequest,
     encode_sse,
@@ -65,6 +66,7 @@ class Proxy:
     upstream: Upstream
     passthrough: Passthrough
     serving: Serving
+    router: Router
     clock: Clock
 
     @property
@@ -96,7 +98,7 @@ class Proxy:
         return response
 
     def _check_model(self, model: str) -> None:
-        models = self.config.upstream.models
+        models = self.config.served_models
         if models and model not in models:
             raise ModelNotFound(
                 f"The model '{model}' does not exist or is not served here", param="model", code="model_not_found"
@@ -111,13 +113,41 @@ class Proxy:
             return error_response(error), "invalid"
         if isinstance(action, Reply):
             return reply_response(action), action.outcome
+        headers = lookup_headers(action.decision)
+        if isinstance(action, Refuse):
+            return self._shed(action.shed, headers), "shed"
         if action.route is None:  # `Serving` is built with the router: only a bug lands here
             raise RuntimeError("the proxy's serving step has no router")
-        headers = lookup_headers(action.decision)
         response = await self._from_upstream(
-            action.request, api_key, headers, route=action.route, on_complete=action.complete, on_end=action.end
+            action.request,
+            api_key,
+            headers,
+            route=action.route,
+            route_request=action.route_request,
+            on_complete=action.complete,
+            on_end=action.end,
         )
         return response, action.outcome
+
+    def _shed(self, shed: Shed, headers: Mapping[str, str]) -> Response:
+        self.metrics.route_decisions.labels(deployment="none", reason=shed.reason).inc()
+        error = Overloaded(
+            "Every model that could answer this request is at capacity; retry after a moment",
+            retry_after_s=shed.retry_after_s,
+        )
+        headers = {**headers, "retry-after": str(shed.retry_after_s), "x-semcache-route-reason": shed.reason}
+        return error_response(error, headers)
+
+    def _retry(self, route_request: RouteRequest | None, tried: frozenset[str], error: UpstreamError) -> Route | None:
+        """Another deployment for a request refused (429), failed (5xx) or timed out before its
+        first byte; None when it may not be retried or there is nowhere else to go."""
+        if route_request is None or (error.status_code != 429 and error.status_code < 500):
+            return None
+        route = self.router.route(replace(route_request, exclude=tried))
+        if isinstance(route, Shed):
+            return None
+        kind = "429" if error.status_code == 429 else "timeout" if error.error_type == "timeout" else "5xx"
+        return replace(route, reason=f"retry-after-{kind}")
 
     async def _from_upstream(
         self,
@@ -126,28 +156,48 @@ class Proxy:
         headers: dict[str, str],
         *,
         route: Route,
+        route_request: RouteRequest | None = None,
         on_complete: OnComplete | None = None,
         on_end: Callable[[], None] | None = None,
     ) -> Response:
         """`on_complete` gets the whole answer if it is complete; `on_end` runs once the exchange
         is over either way (for a stream: when the stream ends, not when this returns). The
         upstream's own headers (request id, rate limits) go to this client only: `on_complete`
-        gets the body alone, so a later hit never replays them."""
-        deployment = route.deployment
-        headers = {**headers, "x-semcache-model": deployment.name, "x-semcache-route-reason": route.reason}
+        gets the body alone, so a later hit never replays them. A 429, 5xx or timeout before the
+        first byte is retried once on another deployment (`route_request` asks the router again,
+        without the one that failed); nothing is retried once a byte has gone to the client."""
         streaming = False
+        tried: frozenset[str] = frozenset()
         try:
-            if request.stream:
-                response = await self._stream_from_upstream(request, api_key, headers, on_complete, on_end, route=route)
-                streaming = True
-                return response
-            answer = await self.upstream.complete(request, deployment=deployment, api_key=api_key)
-            if on_complete is not None and is_complete(answer.body):
-                on_complete(answer.body)
-            return JSONResponse(answer.body, headers={**answer.headers, **headers})
-        except UpstreamError as error:
-            self.metrics.upstream_errors.labels(status=str(error.status_code)).inc()
-            return error_response(error, {**error.headers, **headers})
+            while True:
+                deployment = route.deployment
+                tried |= {deployment.name}
+                routed = {**headers, "x-semcache-model": deployment.name, "x-semcache-route-reason": route.reason}
+                self.metrics.route_decisions.labels(deployment=deployment.name, reason=route.reason).inc()
+                call = self.router.call(deployment)
+                try:
+                    if request.stream:
+                        response = await self._stream_from_upstream(
+                            request, api_key, routed, on_complete, on_end, route=route, call=call
+                        )
+                        streaming = True
+                        return response
+                    answer = await self.upstream.complete(request, deployment=deployment, api_key=api_key)
+                except UpstreamError as error:
+                    call.end(status=error.status_code)
+                    self.metrics.upstream_errors.labels(status=str(error.status_code)).inc()
+                    retry = self._retry(route_request, tried, error)
+                    if retry is None:
+                        return error_response(error, {**error.headers, **routed})
+                    route, route_request = retry, None  # once
+                    continue
+                except BaseException:  # the client went away, or a bug of ours: no verdict on the deployment
+                    call.end(status=499)
+                    raise
+                call.end(status=None, tokens=_tokens(answer.body))
+                if on_complete is not None and is_complete(answer.body):
+                    on_complete(answer.body)
+                return JSONResponse(answer.body, headers={**answer.headers, **routed})
         finally:
             if on_end is not None and not streaming:
                 on_end()
@@ -161,14 +211,26 @@ class Proxy:
         on_end: Callable[[], None] | None,
         *,
         route: Route,
+        call: Call,
     ) -> Response:
+        """Opens the stream and waits for its first chunk before the status line goes out: a refusal
+        or failure until then is still an HTTP error the caller may retry elsewhere."""
         # Ask for the usage chunk even when the client did not, so that a stored answer can replay
         # it to a later client that does; it is not forwarded to a client that did not ask.
         body = {**request.body, "stream_options": {**(request.body.get("stream_options") or {}), "include_usage": True}}
         upstream_request = replace(request, body=body)
         chunks = await self.upstream.stream(upstream_request, deployment=route.deployment, api_key=api_key)
+        events = aiter(chunks)
+        try:
+            first: Chunk | None = await anext(events)
+        except StopAsyncIteration:
+            first = None
+        except BaseException:
+            await chunks.aclose()
+            raise
+        call.first_byte()
         return StreamingResponse(
-            self._relay(request, chunks, on_complete, on_end),
+            self._relay(request, chunks, _prepend(first, events), on_complete, on_end, call=call),
             media_type="text/event-stream",
             headers={**chunks.headers, **headers},
         )
@@ -177,27 +239,35 @@ class Proxy:
         self,
         request: CompletionRequest,
         chunks: UpstreamStream,
+        events: AsyncIterator[Chunk],
         on_complete: OnComplete | None,
         on_end: Callable[[], None] | None,
+        *,
+        call: Call,
     ) -> AsyncIterator[bytes]:
         """Forward each chunk as it arrives while recording it. A stream that breaks, errors or is
         abandoned by the client never reaches `on_complete`, so it is never stored; either way the
-        upstream stream is closed, so a client that goes away stops the upstream too."""
+        upstream stream is closed, so a client that goes away stops the upstream too. Never retried:
+        the client has bytes already."""
         recorder = StreamRecorder(object_type="chat.completion" if request.endpoint == "chat" else "text_completion")
+        status: int | None = 499  # the client went away (or we failed) before the end
         try:
-            async for chunk in chunks:
+            async for chunk in events:
                 recorder.add(chunk)
                 if chunk.get("usage") and not chunk.get("choices") and not request.include_usage:
                     continue
                 yield encode_sse(chunk)
+            status = None
             if recorder.complete():
                 yield DONE
                 if on_complete is not None:
                     on_complete(recorder.completion())
         except UpstreamError as error:
+            status = error.status_code
             self.metrics.upstream_errors.labels(status=str(error.status_code)).inc()
             yield encode_sse(error.body())  # the status line is gone: report in-band, as OpenAI does
         finally:
+            call.end(status=status, tokens=_tokens(recorder.completion()) if status is None else 0)
             try:
                 await chunks.aclose()
             finally:
@@ -229,13 +299,27 @@ class Proxy:
         return JSONResponse(result.body())
 
     async def models(self, request: Request) -> Response:
-        if not self.config.upstream.models:
+        if not self.config.served_models:
             return await self.forward(request)
         data = [
             {"id": model, "object": "model", "created": 0, "owned_by": "semcache"}
-            for model in self.config.upstream.models
+            for model in self.config.served_models
         ]
         return JSONResponse({"object": "list", "data": data})
+
+
+def _tokens(body: Mapping[str, Any]) -> int:
+    usage = body.get("usage")
+    total = usage.get("total_tokens") if isinstance(usage, Mapping) else None
+    return total if isinstance(total, int) else 0
+
+
+async def _prepend(first: Chunk | None, rest: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
+    if first is None:
+        return
+    yield first
+    async for chunk in rest:
+        yield chunk
 
 
 async def not_found(request: Request) -> Response:

@@ -67,6 +67,9 @@ class RouteRequest:
     category: str | None
     tier: Tier | None  # the category's preferred tier (policy); None = no preference
     near_miss: bool
+    offload: bool = True  # whether the category lets its misses go to the other tier under load
+    # Deployments already tried for this request: a retry goes elsewhere.
+    exclude: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -75,5 +78,35 @@ class Route:
     reason: str  # x-semcache-route-reason, e.g. "preferred", "pinned", "only-deployment"
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Shed:
+    """Every deployment that could take the request is past capacity (or cooling down): answer
+    429 with Retry-After rather than queue."""
+
+    retry_after_s: int
+    reason: str = "shed"
+
+
+class Call(Protocol):
+    """One call to a deployment, as the router's load tracking sees it; `end` exactly once."""
+
+    def end(self, *, status: int | None, tokens: int = 0) -> None:
+        """`status`: None for a complete answer, else the upstream's error status."""
+        ...
+
+    def first_byte(self) -> None:
+        """A stream's first chunk arrived (its time to first token)."""
+        ...
+
+
 class Router(Protocol):
-    def route(self, request: RouteRequest) -> Route: ...
+    def route(self, request: RouteRequest) -> Route | Shed: ...
+
+    def call(self, deployment: Deployment) -> Call:
+        """Start tracking one call to `deployment` (in flight until `end`)."""
+        ...
+
+    def pressure(self, category: str, tier: Tier) -> float:
+        """The pressure in [0, 1] the load of `tier` puts on `category`'s rules now, updating its
+        hysteresis state; 0 for a router that measures no load."""
+        ...

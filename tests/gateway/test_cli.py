@@ -73,6 +73,8 @@ def test_the_gateways_own_key_without_client_keys_is_refused_at_start(tmp_path: 
 def test_serve_runs_the_example_config_against_an_upstream(tmp_path: Path, upstream: Upstream) -> None:
     config = yaml.safe_load((REPO / "config.example.yaml").read_text())
     config["upstream"]["api_base"] = f"{upstream.url}/v1"
+    for deployment in config["deployments"]:  # the simulated upstream answers as both models
+        deployment["api_base"] = f"{upstream.url}/v1"
     config["cache"]["store"]["path"] = str(tmp_path / "cache.db")
     config["policy"] = str(REPO / config["policy"])
     path = tmp_path / "config.yaml"
@@ -101,6 +103,7 @@ def test_serve_runs_the_example_config_against_an_upstream(tmp_path: Path, upstr
         first = httpx.post(f"{url}/v1/chat/completions", json=request, timeout=30)
         assert first.status_code == 200
         assert first.headers["x-semcache"] == "miss"
+        assert (first.headers["x-semcache-model"], first.headers["x-semcache-route-reason"]) == ("sim-large", "pinned")
         for _ in range(100):  # stored in the background once the answer is out
             second = httpx.post(f"{url}/v1/chat/completions", json=request, timeout=30)
             if second.headers["x-semcache"] == "exact":
@@ -244,3 +247,13 @@ def test_calibrate_at_an_unreachable_target_says_what_is_reachable(tmp_path: Pat
     assert "nothing could be calibrated at precision >= 0.95" in result.stderr
     assert "nothing was written" in result.stderr
     assert not (out / "policy.yaml").exists()
+
+
+def test_simulate_upstream_takes_its_own_options(capsys: pytest.CaptureFixture[str]) -> None:
+    from gateway.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["simulate-upstream", "--port", "not-a-port", "--capacity", "3"])
+
+    assert exited.value.code == 2
+    assert "argument --port: invalid int value: 'not-a-port'" in capsys.readouterr().err

@@ -40,6 +40,11 @@ def test_the_example_config_loads() -> None:
     assert config.cache.store.kind == "sqlite"
     assert config.cache.store.path == ".semcache/cache.db"
     assert config.tenants == ()
+    assert [(d.name, d.tier, d.model) for d in config.deployments] == [
+        ("sim-small", "small", "openai/sim-small"), ("sim-large", "large", "openai/sim-large")
+    ]  # fmt: skip
+    assert config.routes == ("auto",)
+    assert "auto" in config.served_models and "sim-small" in config.served_models
 
 
 def test_the_embedding_defaults_are_onnx_fp32_cached_per_user() -> None:
@@ -179,7 +184,7 @@ def test_secrets_in_the_file_are_rejected(data: dict[str, Any], path: str) -> No
     assert all("sk-live-123" not in problem for problem in problems)
 
 
-def test_a_secret_in_the_file_is_reported_with_the_other_problems() -> None:
+def test_a_secret_in_the_file_is_reported_with_the_otherproblems_of() -> None:
     problems = problems_of({"upstream": {"api_key": "sk-live-123"}, "cache": {"similarity_threshold": 2}})
 
     assert "upstream.api_key: secrets go in environment variables, not the file" in problems
@@ -423,3 +428,64 @@ def test_store_and_index_deadlines_are_checked_and_named() -> None:
 
     assert any(problem.startswith("cache.index_deadline_ms") for problem in problems)
     assert any(problem.startswith("cache.store.deadline_ms") for problem in problems)
+
+
+_DEPLOYMENT = {"name": "small-1", "tier": "small", "model": "openai/sim-small", "api_base": "http://127.0.0.1:9/v1",
+               "max_concurrency": 4}  # fmt: skip
+
+
+def test_deployments_and_routes_are_checked_with_their_yaml_paths() -> None:
+    problems = problems_of(
+        {
+            "deployments": [
+                _DEPLOYMENT,
+                {**_DEPLOYMENT, "model": "sim-small", "tier": "medium", "max_concurrency": 0},
+                {**_DEPLOYMENT, "colour": "red"},
+            ],
+            "routes": ["auto"],
+            "routing": {"high_watermark": 1.5, "pressure": {"watermark": 0.9, "full_at": 0.5}},
+        }
+    )
+    text = "; ".join(problems)
+    assert "deployments[1].model: must be a litellm model string" in text
+    assert "deployments[1].tier: must be one of 'small', 'large'" in text
+    assert "deployments[1].max_concurrency" in text
+    assert "deployments[2].colour" in text
+    assert "routing.high_watermark" in text
+    assert "routing.pressure" in text
+    duplicates = "; ".join(problems_of({"deployments": [_DEPLOYMENT, _DEPLOYMENT], "routes": ["auto", "small-1"]}))
+    assert "deployments[1].name: duplicate of deployments[0].name ('small-1')" in duplicates
+    assert "routes[1]: 'small-1' is already the name of deployments[0].name" in duplicates
+
+
+def test_a_deployment_key_is_named_by_environment_variable_and_resolved_from_it() -> None:
+    assert "deployments[0].api_key: secrets go in environment variables" in "; ".join(
+        problems_of({"deployments": [{**_DEPLOYMENT, "api_key": "sk-raw"}], "routes": ["auto"]})
+    )
+    config = parse_config(
+        {
+            "deployments": [{**_DEPLOYMENT, "api_key_env": "SMALL_KEY"}],
+            "routes": ["auto"],
+            "clients": {"allow_anonymous": True},
+        }
+    )
+    resolved = resolve_secrets(config, {"SMALL_KEY": "sk-small"})
+    assert resolved.deployments[0].api_key == "sk-small"
+    assert "sk-small" not in repr(resolved)
+    with pytest.raises(ConfigError, match=r"deployments\[0\]\.api_key_env: environment variable SMALL_KEY"):
+        resolve_secrets(config, {})
+
+
+def test_without_deployments_the_upstream_is_the_one_deployment() -> None:
+    config = parse_config({"upstream": {"models": ["m"]}})
+    assert config.deployments == ()
+    assert config.served_models == ("m",)
+    assert "routes: routes need deployments" in "; ".join(problems_of({"routes": ["auto"]}))
+
+
+def test_a_deployment_called_with_the_gateways_own_key_needs_listed_client_keys() -> None:
+    data = {"deployments": [{**_DEPLOYMENT, "api_key_env": "SMALL_KEY"}], "routes": ["auto"]}
+    assert "clients: a deployment's api_key_env is set, so the gateway would spend its own key" in "; ".join(
+        problems_of(data)
+    )
+    assert parse_config({**data, "clients": {"allow_anonymous": True}}).spends_own_key
