@@ -10,14 +10,17 @@ from gateway.stores.base import (
     ChangeEvent,
     ChangeFeed,
     EntryStore,
+    FeedItem,
     HitTally,
     RemovalReason,
     Removed,
+    Resync,
     StateStore,
     Store,
 )
 from gateway.stores.deadline import DeadlineStore
 from gateway.stores.feed import LocalFeed
+from gateway.stores.redis import RedisStore
 from gateway.stores.sqlite import SqliteStore
 
 __all__ = [
@@ -30,10 +33,13 @@ __all__ = [
     "ChangeFeed",
     "DeadlineStore",
     "EntryStore",
+    "FeedItem",
     "HitTally",
     "LocalFeed",
+    "RedisStore",
     "RemovalReason",
     "Removed",
+    "Resync",
     "SqliteStore",
     "StateStore",
     "Store",

@@ -7,6 +7,7 @@ a time and a caller asks for no more than it uses:
     StateStore   feedback states (one document per category) and per-entry observations, which
                  are appended, never read-modified-written, so replicas cannot overwrite each other
     ChangeFeed   `Added` / `Removed` events: how every process's catalog learns what to index
+                 (and `Resync` when a follower missed some)
     AdminStore   ping, adopt_embedder, record_hits (batched hit counts)
     Store        all four: what a backend implements and what `SemanticCache` takes
 """
@@ -74,6 +75,18 @@ class Removed:
 ChangeEvent = Added | Removed
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Resync:
+    """Not a change but a follower's notice that it missed some (a trimmed stream, a Redis that
+    lost its data): the index no longer follows the store and is rebuilt from it. Only `follow`
+    yields it; nobody publishes it."""
+
+    reason: str
+
+
+FeedItem = ChangeEvent | Resync
+
+
 @runtime_checkable
 class EntryStore(Protocol):
     async def put(self, entry: CacheEntry) -> list[str]:
@@ -138,9 +151,10 @@ class ChangeFeed(Protocol):
         """Tell every follower (this process's and other replicas') what changed."""
         ...
 
-    def follow(self) -> AsyncIterator[ChangeEvent]:
+    def follow(self) -> AsyncIterator[FeedItem]:
         """Events published from now on, in order. Subscribed when called, not when first
-        iterated, so nothing published in between is missed; close it (`aclose`) to stop."""
+        iterated, so nothing published in between is missed; close it (`aclose`) to stop. A
+        follower that missed events yields `Resync` and goes on from there."""
         ...
 
 

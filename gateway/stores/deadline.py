@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from gateway.errors import StoreError
-from gateway.stores.base import CacheEntry, ChangeEvent, HitTally, Store
+from gateway.stores.base import CacheEntry, ChangeEvent, FeedItem, HitTally, Store
 
 T = TypeVar("T")
 
@@ -80,7 +80,7 @@ class DeadlineStore:
     async def publish(self, events: Sequence[ChangeEvent]) -> None:
         await self._within(self.inner.publish(events), "publish")
 
-    def follow(self) -> AsyncIterator[ChangeEvent]:
+    def follow(self) -> AsyncIterator[FeedItem]:
         return self.inner.follow()
 
     async def ping(self) -> None:
