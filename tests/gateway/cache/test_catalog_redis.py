@@ -86,11 +86,19 @@ async def test_the_quota_holds_across_replicas(redis_server: RedisServer, prefix
         for number in range(8):
             writer, other = (a, b) if number % 2 == 0 else (b, a)
             assert await remember(writer, f"question {number}")
+            written = await a_store.get_exact(key(f"question {number}").exact, now=clock())
+            assert written is not None
+            index = other.index("default")
+            assert index is not None
+            size = min(number + 1, 3)
             # Each replica's view catches up before the next write (a load balancer's pace).
-            await eventually(lambda w=writer, o=other: o.index_sizes() == w.index_sizes(), "the other caught up")
+            await eventually(
+                lambda i=index, e=written.entry_id, n=size: i.holds(e) and len(i) == n,
+                "the other replica caught up",
+            )
         live = [entry async for page in a_store.scan_live(now=clock()) for entry in page]
+        assert a.index_sizes() == b.index_sizes() == {"default": 3}
     assert len(live) == 3
-    assert a.index_sizes() == b.index_sizes() == {"default": 3}
 
 
 async def test_a_replica_behind_the_trimmed_stream_rebuilds(
