@@ -177,5 +177,24 @@ class AdminStore(Protocol):
 
 
 @runtime_checkable
+class HitRegistry(Protocol):
+    """Hits served, by response id, where every replica can see them (a store shared by
+    processes: Redis), so that a hit served by one replica can be rated through another. A
+    single-process store has none: the cache's in-memory registry is enough there."""
+
+    async def record_served(self, response_id: str, hit: Mapping[str, Any], *, ttl_s: float) -> None:
+        """Keep what was served under `response_id` (a JSON object) for `ttl_s`."""
+        ...
+
+    async def served(self, response_id: str) -> Mapping[str, Any] | None:
+        """What `record_served` kept, or None (never served, or too long ago)."""
+        ...
+
+    async def claim_rating(self, response_id: str) -> bool:
+        """True for the first caller only, whichever replica it asks: each hit is rated once."""
+        ...
+
+
+@runtime_checkable
 class Store(EntryStore, StateStore, ChangeFeed, AdminStore, Protocol):
     """Everything a backend provides."""

@@ -14,6 +14,7 @@ rolled out with another model neither reads nor wipes the others' entries):
     <p>:<ns>:c:<category>    zset    entry id by creation time: a category's entries (retime, drop)
     <p>:<ns>:exp             zset    entry id by expiry: what `purge_expired` deletes and announces
     <p>:<ns>:fb              hash    category → feedback state (JSON)
+    <p>:<ns>:h:{<resp id>}   hash    a served hit (JSON) and whether it was rated; expires
     {<p>:<ns>}:feed          stream  the change feed (MAXLEN ~ stream_maxlen), each event numbered
     {<p>:<ns>}:seq           string  the last event number (gaps tell a follower it fell behind)
     <p>:models               hash    ns → embedding model name (for operators)
@@ -123,6 +124,9 @@ class _Keys:
 
     def exact(self, exact_key: str) -> str:
         return f"{self.base}:x:{exact_key}"
+
+    def served(self, response_id: str) -> str:
+        return f"{self.base}:h:{{{response_id}}}"
 
     def category(self, name: str) -> str:
         return f"{self.base}:c:{name}"
@@ -478,6 +482,28 @@ class RedisStore:
         with _translated("observations"):
             rows = await self._redis().lrange(self._k().observations(entry_id), 0, -1)
         return [json.loads(row) for row in rows]
+
+    # -- served hits (HitRegistry) --------------------------------------------------------------
+
+    async def record_served(self, response_id: str, hit: Mapping[str, Any], *, ttl_s: float) -> None:
+        key = self._k().served(response_id)
+        with _translated("record_served"):
+            async with self._redis().pipeline(transaction=False) as pipe:
+                pipe.hset(key, "hit", json.dumps(dict(hit), separators=(",", ":")))
+                pipe.expire(key, max(1, int(ttl_s)))
+                await pipe.execute()
+
+    async def served(self, response_id: str) -> Mapping[str, Any] | None:
+        with _translated("served"):
+            raw = await self._redis().hget(self._k().served(response_id), "hit")
+        if raw is None:
+            return None
+        hit: Mapping[str, Any] = json.loads(raw)
+        return hit
+
+    async def claim_rating(self, response_id: str) -> bool:
+        with _translated("claim_rating"):
+            return bool(await self._redis().hsetnx(self._k().served(response_id), "rated", 1))
 
     # -- change feed ----------------------------------------------------------------------------
 

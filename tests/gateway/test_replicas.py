@@ -208,6 +208,25 @@ def test_a_bad_rating_through_one_replica_removes_the_entry_from_both(replicas: 
     b.wait_for(lambda: b.ask(prompt).headers["x-semcache"] == "miss", "the forgotten entry left B's index")
 
 
+def test_a_hit_served_by_one_replica_is_rated_by_response_id_through_the_other(
+    replicas: tuple[Replica, Replica],
+) -> None:
+    a, b = replicas
+    prompt = "What is the chemical symbol for gold?"
+    stored_through(b, prompt)
+    hit = a.ask(prompt)
+    assert hit.headers["x-semcache"] == "exact"
+    response_id = hit.json()["id"]
+
+    # A shares the served hit in the background: B knows it within moments.
+    b.wait_for(lambda: b.rate({"id": response_id, "rating": "good"}).status_code != 404, "B knows A's hit")
+    again = a.rate({"id": response_id, "rating": "good"})
+    stranger = b.rate({"id": response_id, "rating": "good"}, key="sk-someone-else")
+
+    assert again.status_code == 409, again.text  # rated once, whichever replica is asked
+    assert stranger.status_code == 404  # another tenant's hit is not found
+
+
 def test_the_quota_holds_across_replicas(replicas: tuple[Replica, Replica], redis_server: RedisServer) -> None:
     a, b = replicas
     topics = ["volcanoes", "jazz history", "sourdough baking", "chess openings", "tidal energy", "origami",

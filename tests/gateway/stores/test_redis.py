@@ -24,6 +24,7 @@ from gateway.stores import (
     DeadlineStore,
     EntryStore,
     FeedItem,
+    HitRegistry,
     HitTally,
     RedisStore,
     Removed,
@@ -40,6 +41,7 @@ _entries: EntryStore = RedisStore.__new__(RedisStore)
 _state: StateStore = RedisStore.__new__(RedisStore)
 _feed: ChangeFeed = RedisStore.__new__(RedisStore)
 _admin: AdminStore = RedisStore.__new__(RedisStore)
+_hits: HitRegistry = RedisStore.__new__(RedisStore)
 
 pytestmark = pytest.mark.anyio
 
@@ -231,6 +233,17 @@ async def test_two_models_entries_coexist_and_are_not_wiped(redis_server: RedisS
             assert [e.entry_id async for page in b.scan_live(now=NOW) for e in page] == ["from-b"]
         by_a = await a.get_exact("same", now=NOW)
     assert by_a is not None and by_a.entry_id == "from-a"
+
+
+async def test_a_served_hit_is_seen_and_claimed_once_across_stores(redis_server: RedisServer, prefix: str) -> None:
+    async with opened(redis_server, prefix) as first, opened(redis_server, prefix) as second:
+        assert await second.served("resp-1") is None
+        await first.record_served("resp-1", {"entry_id": "e1", "tenant": "t"}, ttl_s=60)
+        assert await second.served("resp-1") == {"entry_id": "e1", "tenant": "t"}
+        assert await second.claim_rating("resp-1") is True
+        assert await first.claim_rating("resp-1") is False
+        wrapped = DeadlineStore(first, deadline_s=1.0).hit_registry
+        assert wrapped is not None and await wrapped.served("resp-1") is not None
 
 
 async def test_the_feed_carries_events_between_stores(redis_server: RedisServer, prefix: str) -> None:
