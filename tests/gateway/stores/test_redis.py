@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -309,6 +310,28 @@ async def test_redis_down_is_a_store_error_within_the_deadline_then_recovers(tmp
             await feed.aclose()  # type: ignore[attr-defined]
     # The follower had seen nothing, so numbering from 1 again is no gap: the event itself arrives.
     assert isinstance(item, Removed | Resync)
+
+
+async def test_a_stalled_redis_is_a_store_error_at_the_deadline(tmp_path: Path, prefix: str) -> None:
+    with running_redis(tmp_path) as server:
+        async with RedisStore(server.url, prefix=prefix) as inner:
+            store = DeadlineStore(inner, deadline_s=0.2)
+            await store.adopt_embedder("model-a")
+            await store.put(make_entry("e1"))
+            feed = store.follow()
+            assert server.process is not None
+            server.process.send_signal(signal.SIGSTOP)  # alive, accepting nothing: a slow Redis
+            try:
+                async with asyncio.timeout(5):  # a guard, not a measurement: the deadline is 0.2 s
+                    with pytest.raises(StoreError, match="did not answer within 200 ms"):
+                        await store.get("e1", now=NOW)
+            finally:
+                server.process.send_signal(signal.SIGCONT)
+            assert await store.get("e1", now=NOW) is not None  # the next call is served again
+            await store.publish([Removed(entry_ids=("x",), reason="evicted")])
+            item = await next_item(feed, timeout_s=15)
+            await feed.aclose()  # type: ignore[attr-defined]
+    assert item == Removed(entry_ids=("x",), reason="evicted")
 
 
 async def test_the_backend_is_chosen_from_the_kind_by_table(redis_server: RedisServer, prefix: str) -> None:
