@@ -287,11 +287,17 @@ class RedisStore:
         """Entries are namespaced by model: another model's stay where they are (theirs to use, and
         to expire). Nothing is dropped."""
         keys = _Keys(base=f"{self._prefix}:{namespace(name)}", prefix=self._prefix)
-        with _translated("adopt_embedder"):
-            await self._redis().hset(keys.models, namespace(name), name)
-            self._keys = keys
-            self._start = await self._tail()
-        self._adopted.set()
+        # The namespace needs no Redis: a replica started while Redis is down serves (misses)
+        # and writes there once it is back.
+        self._keys = keys
+        try:
+            with _translated("adopt_embedder"):
+                await self._redis().hset(keys.models, namespace(name), name)
+                self._start = await self._tail()
+        finally:
+            # Failed, the feed is read from its start: what is still there is replayed in order,
+            # and a gap (the stream was trimmed) has the catalog rebuild.
+            self._adopted.set()
         return 0
 
     async def _tail(self) -> tuple[bytes, int]:

@@ -334,6 +334,24 @@ async def test_a_stalled_redis_is_a_store_error_at_the_deadline(tmp_path: Path, 
     assert item == Removed(entry_ids=("x",), reason="evicted")
 
 
+async def test_a_store_opened_while_redis_is_down_works_once_it_is_back(tmp_path: Path, prefix: str) -> None:
+    server = RedisServer(tmp_path)  # not started yet
+    async with RedisStore(server.url, prefix=prefix) as store:
+        with pytest.raises(StoreError):
+            await store.adopt_embedder("model-a")
+        feed = store.follow()
+        server.start()
+        try:
+            await store.put(make_entry("e1"))
+            assert await store.get("e1", now=NOW) is not None
+            await store.publish([Removed(entry_ids=("x",), reason="evicted")])
+            item = await next_item(feed, timeout_s=15)
+            await feed.aclose()  # type: ignore[attr-defined]
+        finally:
+            server.stop()
+    assert item == Removed(entry_ids=("x",), reason="evicted")
+
+
 async def test_the_backend_is_chosen_from_the_kind_by_table(redis_server: RedisServer, prefix: str) -> None:
     assert set(BACKENDS) == {"sqlite", "redis"}
     config = StoreConfig(kind="redis", url=redis_server.url, prefix=prefix)
