@@ -30,7 +30,9 @@ lint: install
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
+# The store tests start their own redis-server (a free loopback port, no persistence).
 test: lint
+	command -v redis-server || (apt-get update && apt-get install -y redis-server)
 	$(BIN)/python -m pytest -q
 
 bench: install

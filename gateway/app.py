@@ -159,7 +159,8 @@ def create_app(
         proxy = runtime.proxy
         if proxy is None:
             return JSONResponse({"status": "starting"}, status_code=503)
-        return await readiness(proxy.cache.engine.store, probe)
+        engine = proxy.cache.engine
+        return await readiness(engine.store, probe, index_ready=engine.catalog.ready)
 
     async def admin_reload(request: Request) -> Response:
         return await reload_policy(request, runtime.require().cache)

@@ -158,10 +158,31 @@ class EmbeddingConfig:
             raise ValueError(f"quantize {self.quantize!r} needs backend 'onnx' (torch runs the model as it is)")
 
 
+def _redis_url(value: Any) -> str | None:
+    parts = urlsplit(str(value))
+    if parts.scheme not in ("redis", "rediss", "unix") or not (parts.hostname or parts.path):
+        return f"must be a redis://, rediss:// or unix:// URL (e.g. redis://127.0.0.1:6379/0), got {value!r}"
+    return None
+
+
+def _key_prefix(value: Any) -> str | None:
+    text = str(value)
+    if not text or any(char in text for char in "{}: \t\n"):
+        return f"must be a non-empty name without ':', '{{', '}}' or spaces, got {value!r}"
+    return None
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StoreConfig:
-    kind: Literal["sqlite"] = "sqlite"
-    path: str = "semcache.db"
+    # "sqlite": one embedded file, one gateway process. "redis": several replicas share one Redis
+    # (documents, state and the change feed there; each replica keeps its own in-memory index).
+    kind: Literal["sqlite", "redis"] = "sqlite"
+    path: str = "semcache.db"  # sqlite only
+    url: str = field(default="redis://127.0.0.1:6379/0", metadata=check(_redis_url))  # redis only
+    # Every key starts with this (redis only): several caches can share one Redis.
+    prefix: str = field(default="semcache", metadata=check(_key_prefix))
+    # The change feed (a Redis Stream) keeps about this many events; a replica further behind rebuilds.
+    stream_maxlen: int = field(default=100_000, metadata=check(in_range(100, 100_000_000)))
     # Every store call (each page of a scan too) waits at most this long; past it the request
     # fails open to a miss, counted in semcache_fail_open_total.
     deadline_ms: float = field(default=250.0, metadata=check(in_range(1, 60_000)))

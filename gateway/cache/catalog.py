@@ -4,7 +4,9 @@ Every change is an event of the store's change feed: `Added(entry)` or `Removed(
 A write here goes to the store first, is then applied to this process's indexes, and is then
 published; the feed's follower applies what other processes published (a Redis replica's
 writes), skipping this catalog's own. Applying an event (`_apply`) is the one place an index
-changes, whoever wrote it.
+changes, whoever wrote it. A follower that missed events (`Resync`: a trimmed Redis Stream, a
+Redis that lost its data) has the indexes rebuilt from the store; until that is done `ready` is
+False (/readyz says so) and lookups search the entries loaded so far, each checked in the store.
 
 Remembering never leaves an entry half-visible: when the index cannot take an entry the store
 has, the entry is deleted from the store again (`withdrawn`). Hits are counted in the index at
@@ -27,7 +29,7 @@ from embeddings import Vector
 from gateway.cache.index import IndexItem, VectorIndex
 from gateway.cache.scope import CacheKey
 from gateway.metrics import Metrics
-from gateway.stores import Added, CacheEntry, ChangeEvent, HitTally, RemovalReason, Removed, Store
+from gateway.stores import Added, CacheEntry, ChangeEvent, FeedItem, HitTally, RemovalReason, Removed, Resync, Store
 from policies import Category, Policy
 
 logger = logging.getLogger("semcache.catalog")
@@ -66,6 +68,12 @@ class Catalog:
         # taking that room in between (the quota holds exactly).
         self._write_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
+        self._rebuilding = False
+
+    @property
+    def ready(self) -> bool:
+        """False while the indexes are being rebuilt after the feed was lost."""
+        return not self._rebuilding
 
     @property
     def store(self) -> Store:
@@ -144,9 +152,12 @@ class Catalog:
         except Exception as exc:  # fail-open boundary: this process is consistent either way
             self._fault("publish", exc)
 
-    async def _follow(self, feed: AsyncIterator[ChangeEvent]) -> None:
+    async def _follow(self, feed: AsyncIterator[FeedItem]) -> None:
         try:
             async for event in feed:
+                if isinstance(event, Resync):
+                    await self._resync(event)
+                    continue
                 if event.origin == self._origin:
                     continue  # applied when written
                 try:
@@ -159,6 +170,25 @@ class Catalog:
             closer = getattr(feed, "aclose", None)
             if closer is not None:
                 await closer()
+
+    async def _resync(self, event: Resync) -> None:
+        """Start the indexes afresh and load them from the store. Events published meanwhile are
+        read after it (the feed goes on from where it was when it said `Resync`): applying one the
+        scan saw already is harmless (an add replaces, a removal of a missing id does nothing)."""
+        logger.warning("the change feed lost events (%s): rebuilding the indexes from the store", event.reason)
+        self._rebuilding = True
+        try:
+            async with self._write_lock:
+                old, self._indexes = self._indexes, {name: self._new_index() for name in self._policy.names}
+            for index in old.values():
+                await index.aclose()
+            started = self._clock()
+            count = await self.rebuild()
+            logger.info("indexes rebuilt with %d entries in %.1f s", count, self._clock() - started)
+        except Exception as exc:  # fail-open boundary: what was loaded is served; the next resync retries
+            self._fault("rebuild", exc)
+        finally:
+            self._rebuilding = False
 
     def _removed(self, entry_ids: Sequence[str], reason: RemovalReason) -> Removed:
         return Removed(entry_ids=tuple(entry_ids), reason=reason, origin=self._origin)

@@ -17,7 +17,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -43,7 +43,7 @@ from gateway.cache.verification import Verification
 from gateway.config import GatewayConfig, VerifiedConfig, embedder_spec
 from gateway.errors import AlreadyRated, ConfigError, HitNotFound, InvalidRequest, ServiceUnavailable
 from gateway.metrics import Metrics
-from gateway.stores import CacheEntry, DeadlineStore, Store, open_store
+from gateway.stores import CacheEntry, DeadlineStore, HitRegistry, Store, open_store
 from gateway.upstream import Router
 from gateway.wire import (
     CompletionRequest,
@@ -75,6 +75,8 @@ class ReloadResult:
 
 
 _PARSERS = {"chat": parse_chat_request, "text": parse_text_request}
+# How long a store shared by replicas keeps a served hit for rating by response id through any of them.
+_SHARED_HIT_TTL_S = 86_400.0
 
 
 def implied_policy(config: GatewayConfig) -> Policy:
@@ -158,6 +160,8 @@ class SemanticCache:
         self._reload_lock = asyncio.Lock()
         self._embedding_model: str | None = None
         self._served = ServedHits(config.feedback.remember_hits)
+        # A store shared by replicas (Redis) also keeps served hits, so any replica can rate them.
+        self._shared_hits: HitRegistry | None = None
 
     @property
     def judges(self) -> JudgeQueue | None:
@@ -214,6 +218,7 @@ class SemanticCache:
             store = await stack.enter_async_context(open_store(config.cache.store))
         # Every store call, a store handed in included, under the one deadline.
         store = DeadlineStore(store, deadline_s=config.cache.store.deadline_ms / 1000)
+        self._shared_hits = store.hit_registry
         batching = config.embedding
         batcher = await stack.enter_async_context(
             EmbeddingBatcher(
@@ -396,17 +401,50 @@ class SemanticCache:
         decision = await self.engine.lookup(parsed, tenant=tenant, control=control or CacheControl())
         if isinstance(decision, Hit):
             self.engine.catalog.note_hit(decision.entry_id, decision.category)
-            self._served.add(
-                ServedHit(
-                    response_id=str(decision.answer["id"]),
-                    entry_id=decision.entry_id,
-                    tenant=tenant,
-                    category=decision.category,
-                    similarity=decision.similarity,
-                    exact=decision.exact,
-                )
+            served = ServedHit(
+                response_id=str(decision.answer["id"]),
+                entry_id=decision.entry_id,
+                tenant=tenant,
+                category=decision.category,
+                similarity=decision.similarity,
+                exact=decision.exact,
             )
+            self._served.add(served)
+            if self._shared_hits is not None:
+                self.tasks.spawn(self._share(self._shared_hits, served), name="share-hit")
         return decision
+
+    async def _share(self, shared: HitRegistry, hit: ServedHit) -> None:
+        record = {key: value for key, value in asdict(hit).items() if key != "rated"}
+        try:
+            await shared.record_served(hit.response_id, record, ttl_s=_SHARED_HIT_TTL_S)
+        except Exception as exc:  # fail-open boundary: this replica can still rate it
+            self.metrics.fail_open.labels(stage="served_hits").inc()
+            logger.warning("could not share served hit %s: %s", hit.response_id, exc)
+
+    async def _shared_hit(self, response_id: str, tenant: str) -> ServedHit | None:
+        """A hit another replica served to `tenant`, from the shared store; None when unknown there."""
+        if self._shared_hits is None:
+            return None
+        try:
+            record = await self._shared_hits.served(response_id)
+            hit = None if record is None else ServedHit(**record)
+        except Exception as exc:  # fail-open boundary: rated by entry instead
+            self.metrics.fail_open.labels(stage="served_hits").inc()
+            logger.warning("could not read served hit %s: %s", response_id, exc)
+            return None
+        return hit if hit is not None and hit.tenant == tenant else None
+
+    async def _claim(self, hit: ServedHit) -> bool:
+        """Whether this rating is the hit's first on any replica (True when the store cannot say)."""
+        if self._shared_hits is None:
+            return True
+        try:
+            return await self._shared_hits.claim_rating(hit.response_id)
+        except Exception as exc:  # fail-open boundary: this replica's own once-only check stands
+            self.metrics.fail_open.labels(stage="served_hits").inc()
+            logger.warning("could not claim the rating of %s: %s", hit.response_id, exc)
+            return True
 
     async def remember(self, miss: Miss, answer: Mapping[str, Any]) -> bool:
         """Store a complete answer (finish_reason stop/length/tool_calls); returns whether it was."""
@@ -467,7 +505,7 @@ class SemanticCache:
         tenant = tenant_for(api_key, self.config.tenant_by_key_sha256)
         hit = None
         if response_id is not None:
-            hit = self._served.by_id(response_id, tenant=tenant)
+            hit = self._served.by_id(response_id, tenant=tenant) or await self._shared_hit(response_id, tenant)
             if hit is not None and entry_id is not None and hit.entry_id != entry_id:
                 raise InvalidRequest(
                     f"'entry' {entry_id!r} is not the entry response {response_id!r} was served from", param="entry"
@@ -485,6 +523,8 @@ class SemanticCache:
             if hit.rated:
                 raise AlreadyRated("this hit was rated already", param="id", code="already_rated")
             hit.rated = True  # before any await: a concurrent second rating is refused
+            if not await self._claim(hit):  # rated through another replica
+                raise AlreadyRated("this hit was rated already", param="id", code="already_rated")
             trusted = self.config.feedback.moves_thresholds == "everyone" or is_listed(tenant)
             similarity = None if hit.exact or not trusted else hit.similarity
             observed = None if hit.exact else hit.similarity  # the entry's own observation: any caller's

@@ -50,8 +50,10 @@ class UpstreamProbe:
         return True
 
 
-async def readiness(store: Store, upstream: UpstreamProbe) -> Response:
-    checks = {"store": "ok", "upstream": "ok"}
+async def readiness(store: Store, upstream: UpstreamProbe, *, index_ready: bool = True) -> Response:
+    """`index_ready` False: the indexes are being rebuilt from the store (a replica that lost its
+    change feed); lookups miss more until it is done."""
+    checks = {"store": "ok", "upstream": "ok", "index": "ok" if index_ready else "rebuilding"}
     try:
         await store.ping()
     except Exception:  # readiness reports the fault instead of raising it

@@ -11,15 +11,19 @@ from gateway.stores.base import (
     ChangeEvent,
     ChangeFeed,
     EntryStore,
+    FeedItem,
+    HitRegistry,
     HitTally,
     RemovalReason,
     Removed,
+    Resync,
     StateStore,
     Store,
     pool_key,
 )
 from gateway.stores.deadline import DeadlineStore
 from gateway.stores.feed import LocalFeed
+from gateway.stores.redis import RedisStore
 from gateway.stores.sqlite import SqliteStore
 
 __all__ = [
@@ -33,10 +37,14 @@ __all__ = [
     "ChangeFeed",
     "DeadlineStore",
     "EntryStore",
+    "FeedItem",
+    "HitRegistry",
     "HitTally",
     "LocalFeed",
+    "RedisStore",
     "RemovalReason",
     "Removed",
+    "Resync",
     "SqliteStore",
     "StateStore",
     "Store",

@@ -8,6 +8,7 @@ a time and a caller asks for no more than it uses:
                  category's pool), which are appended, never read-modified-written, so replicas
                  cannot overwrite each other; a backend keeps at most `MAX_OBSERVATIONS` per key
     ChangeFeed   `Added` / `Removed` events: how every process's catalog learns what to index
+                 (and `Resync` when a follower missed some)
     AdminStore   ping, adopt_embedder, record_hits (batched hit counts)
     Store        all four: what a backend implements and what `SemanticCache` takes
 """
@@ -85,6 +86,18 @@ class Removed:
 ChangeEvent = Added | Removed
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Resync:
+    """Not a change but a follower's notice that it missed some (a trimmed stream, a Redis that
+    lost its data): the index no longer follows the store and is rebuilt from it. Only `follow`
+    yields it; nobody publishes it."""
+
+    reason: str
+
+
+FeedItem = ChangeEvent | Resync
+
+
 @runtime_checkable
 class EntryStore(Protocol):
     async def put(self, entry: CacheEntry) -> list[str]:
@@ -156,9 +169,10 @@ class ChangeFeed(Protocol):
         """Tell every follower (this process's and other replicas') what changed."""
         ...
 
-    def follow(self) -> AsyncIterator[ChangeEvent]:
+    def follow(self) -> AsyncIterator[FeedItem]:
         """Events published from now on, in order. Subscribed when called, not when first
-        iterated, so nothing published in between is missed; close it (`aclose`) to stop."""
+        iterated, so nothing published in between is missed; close it (`aclose`) to stop. A
+        follower that missed events yields `Resync` and goes on from there."""
         ...
 
 
@@ -177,6 +191,25 @@ class AdminStore(Protocol):
 
     async def record_hits(self, hits: Mapping[str, HitTally]) -> None:
         """Add buffered hit counts (entry id → tally) in one write; unknown ids are skipped."""
+        ...
+
+
+@runtime_checkable
+class HitRegistry(Protocol):
+    """Hits served, by response id, where every replica can see them (a store shared by
+    processes: Redis), so that a hit served by one replica can be rated through another. A
+    single-process store has none: the cache's in-memory registry is enough there."""
+
+    async def record_served(self, response_id: str, hit: Mapping[str, Any], *, ttl_s: float) -> None:
+        """Keep what was served under `response_id` (a JSON object) for `ttl_s`."""
+        ...
+
+    async def served(self, response_id: str) -> Mapping[str, Any] | None:
+        """What `record_served` kept, or None (never served, or too long ago)."""
+        ...
+
+    async def claim_rating(self, response_id: str) -> bool:
+        """True for the first caller only, whichever replica it asks: each hit is rated once."""
         ...
 
 

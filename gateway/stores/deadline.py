@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from gateway.errors import StoreError
-from gateway.stores.base import CacheEntry, ChangeEvent, HitTally, Store
+from gateway.stores.base import CacheEntry, ChangeEvent, FeedItem, HitRegistry, HitTally, Store
 
 T = TypeVar("T")
 
@@ -83,7 +83,7 @@ class DeadlineStore:
     async def publish(self, events: Sequence[ChangeEvent]) -> None:
         await self._within(self.inner.publish(events), "publish")
 
-    def follow(self) -> AsyncIterator[ChangeEvent]:
+    def follow(self) -> AsyncIterator[FeedItem]:
         return self.inner.follow()
 
     async def ping(self) -> None:
@@ -94,3 +94,24 @@ class DeadlineStore:
 
     async def record_hits(self, hits: Mapping[str, HitTally]) -> None:
         await self._within(self.inner.record_hits(hits), "record_hits")
+
+    @property
+    def hit_registry(self) -> HitRegistry | None:
+        """The inner store's shared registry of served hits, under the deadline; None without one."""
+        return _DeadlineHits(self) if isinstance(self.inner, HitRegistry) else None
+
+
+class _DeadlineHits:
+    def __init__(self, store: DeadlineStore) -> None:
+        self._store = store
+        assert isinstance(store.inner, HitRegistry)
+        self._inner: HitRegistry = store.inner
+
+    async def record_served(self, response_id: str, hit: Mapping[str, Any], *, ttl_s: float) -> None:
+        await self._store._within(self._inner.record_served(response_id, hit, ttl_s=ttl_s), "record_served")
+
+    async def served(self, response_id: str) -> Mapping[str, Any] | None:
+        return await self._store._within(self._inner.served(response_id), "served")
+
+    async def claim_rating(self, response_id: str) -> bool:
+        return await self._store._within(self._inner.claim_rating(response_id), "claim_rating")

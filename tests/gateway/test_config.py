@@ -101,7 +101,7 @@ def test_every_problem_is_reported_at_once() -> None:
             "server": {"port": "eighty", "max_body_bytes": 0},
             "upstream": {"timeout_s": "soon", "models": ["a", 7]},
             "embeddings": {"model": "x"},
-            "cache": {"similarity_threshold": 1.4, "ttl": 60, "store": {"kind": "redis"}, "search_k": 0},
+            "cache": {"similarity_threshold": 1.4, "ttl": 60, "store": {"kind": "memcached"}, "search_k": 0},
             "tenants": [
                 {"name": "neither"},
                 {"name": "both", "api_key_env": "K", "api_key_sha256": "ab" * 32},
@@ -119,7 +119,7 @@ def test_every_problem_is_reported_at_once() -> None:
             "embeddings: unknown key (did you mean 'embedding'?)",
             "cache.similarity_threshold: must be in (0, 1], got 1.4",
             "cache.ttl: unknown key (did you mean 'ttl_s'?)",
-            "cache.store.kind: must be one of 'sqlite', got 'redis'",
+            "cache.store.kind: must be one of 'sqlite', 'redis', got 'memcached'",
             "cache.search_k: must be in [1, 256], got 0",
             "tenants[0]: tenant 'neither': give exactly one of api_key_env, api_key_sha256",
             "tenants[1]: tenant 'both': give exactly one of api_key_env, api_key_sha256",

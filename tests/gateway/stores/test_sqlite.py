@@ -420,7 +420,7 @@ async def test_the_change_feed_delivers_what_is_published_to_every_follower(db_p
 
 
 async def test_the_backend_is_chosen_from_the_kind_by_table(db_path: Path) -> None:
-    assert set(BACKENDS) == {"sqlite"}
+    assert set(BACKENDS) == {"sqlite", "redis"}
     async with open_store(StoreConfig(kind="sqlite", path=str(db_path))) as store:
         assert isinstance(store, SqliteStore)
         await store.ping()
