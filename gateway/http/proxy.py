@@ -26,7 +26,7 @@ from gateway.errors import (
     UpstreamError,
 )
 from gateway.http.passthrough import Passthrough
-from gateway.http.responses import bearer_key, error_response, lookup_headers, reply_response
+from gateway.http.responses import bearer_key, error_response, lookup_headers, reply_response, response_id
 from gateway.metrics import Metrics
 from gateway.upstream import Call, Chunk, Route, Router, RouteRequest, Shed, Upstream, UpstreamStream
 from gateway.wire import (
@@ -197,7 +197,7 @@ class Proxy:
                 call.end(status=None, tokens=_tokens(answer.body))
                 if on_complete is not None and is_complete(answer.body):
                     on_complete(answer.body)
-                return JSONResponse(answer.body, headers={**answer.headers, **routed})
+                return JSONResponse(answer.body, headers={**answer.headers, **routed, **response_id(answer.body)})
         finally:
             if on_end is not None and not streaming:
                 on_end()
@@ -232,7 +232,7 @@ class Proxy:
         return StreamingResponse(
             self._relay(request, chunks, _prepend(first, events), on_complete, on_end, call=call),
             media_type="text/event-stream",
-            headers={**chunks.headers, **headers},
+            headers={**chunks.headers, **headers, **response_id(first or {})},
         )
 
     async def _relay(

@@ -47,11 +47,18 @@ def lookup_headers(decision: Decision) -> dict[str, str]:
     return headers
 
 
+def response_id(answer: Mapping[str, Any]) -> dict[str, str]:
+    """`x-semcache-response-id`: the answer's own `id` (a hit's is fresh, a miss's the upstream's),
+    what `POST /v1/feedback` takes as `id`; in a header too, so a streaming client has it at once."""
+    identifier = answer.get("id")
+    return {"x-semcache-response-id": identifier} if isinstance(identifier, str) and identifier else {}
+
+
 def reply_headers(reply: Reply) -> dict[str, str]:
     if reply.outcome == Outcome.COALESCED:
         # The answer of an identical request in flight: it was never stored, so no entry to name.
-        return {"x-semcache": Outcome.COALESCED, **_category(reply.decision)}
-    return lookup_headers(reply.decision)
+        return {"x-semcache": Outcome.COALESCED, **_category(reply.decision), **response_id(reply.answer)}
+    return {**lookup_headers(reply.decision), **response_id(reply.answer)}
 
 
 def _category(decision: Decision) -> dict[str, str]:

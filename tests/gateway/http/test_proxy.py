@@ -485,3 +485,23 @@ def test_bad_cache_directives_get_openai_style_400(
     assert error["type"] == "invalid_request_error"
     assert error["param"] == param
     assert upstream.state.received == []
+
+
+def test_every_answer_names_its_response_id_in_a_header(gateway: Gateway) -> None:
+    body = {"model": "sim-large", "messages": [{"role": "user", "content": QUESTION}]}
+    auth = {"authorization": "Bearer sk-test-tenant-a"}
+    with gateway.http() as http:
+        miss = http.post("/v1/chat/completions", json=body, headers=auth)
+        gateway.wait_until_stored(1)
+        hit = http.post("/v1/chat/completions", json={**body, "messages": [{"role": "user", "content": PARAPHRASE}]},
+                        headers=auth)  # fmt: skip
+        streamed = http.post("/v1/chat/completions", json={**body, "stream": True}, headers=auth)
+        rated = http.post("/v1/feedback", json={"id": hit.headers["x-semcache-response-id"], "rating": "good"},
+                          headers=auth)  # fmt: skip
+
+    assert miss.headers["x-semcache-response-id"] == miss.json()["id"]
+    assert hit.headers["x-semcache"] == "hit"
+    assert hit.headers["x-semcache-response-id"] == hit.json()["id"] != miss.json()["id"]
+    first_chunk = json.loads(streamed.text.split("\n\n")[0].removeprefix("data: "))
+    assert streamed.headers["x-semcache-response-id"] == first_chunk["id"]
+    assert rated.status_code == 200, rated.text  # the header's id is the one feedback takes
