@@ -277,6 +277,8 @@ def write_config(
     config = yaml.safe_load((ROOT / "config.example.yaml").read_text())
     config["server"]["port"] = gateway_port
     config["upstream"]["api_base"] = f"{upstream_url}/v1"
+    for deployment in config.get("deployments") or []:  # every simulated model is the bench's upstream
+        deployment["api_base"] = f"{upstream_url}/v1"
     config["cache"]["store"]["path"] = str(workdir / "cache.db")
     if config.get("policy"):  # relative to the config file, which now lives elsewhere
         config["policy"] = str((ROOT / config["policy"]).resolve())
