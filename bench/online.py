@@ -55,7 +55,8 @@ import numpy.typing as npt
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from embeddings import EmbeddedText, Embedder, SentenceTransformerEmbedder  # noqa: E402
+from bench.quality import MemoEmbedder  # noqa: E402
+from embeddings import SentenceTransformerEmbedder  # noqa: E402
 from gateway.cache.decisions import Hit, Miss  # noqa: E402
 from gateway.cache.judge import Judgement  # noqa: E402
 from gateway.cache.semantic_cache import SemanticCache  # noqa: E402
@@ -73,7 +74,6 @@ BANKING = DATA / "queries" / "banking77_intents.jsonl"
 PAIRS = [DATA / "pairs" / "qqp_dev.jsonl", DATA / "pairs" / "mrpc.jsonl"]
 SHIPPED = 0.85
 STATIC = [round(0.70 + 0.01 * i, 2) for i in range(30)]
-BATCH = 128
 Floats = npt.NDArray[np.float32]
 
 
@@ -131,32 +131,6 @@ def pairs_stream(count: int, seed: int) -> Stream:
 
 
 # --- embeddings --------------------------------------------------------------------------------------
-
-
-class MemoEmbedder:
-    """The real embedder behind an in-memory table: each text is embedded once per run."""
-
-    def __init__(self, inner: Embedder) -> None:
-        self._inner = inner
-        self.table: dict[str, EmbeddedText] = {}
-
-    @property
-    def dimension(self) -> int:
-        return self._inner.dimension
-
-    @property
-    def name(self) -> str:
-        return self._inner.name
-
-    def embed(self, texts: list[str]) -> list[EmbeddedText]:
-        missing = list(dict.fromkeys(text for text in texts if text not in self.table))
-        for start in range(0, len(missing), BATCH):
-            chunk = missing[start : start + BATCH]
-            self.table.update(zip(chunk, self._inner.embed(chunk), strict=True))
-        return [self.table[text] for text in texts]
-
-    def matrix(self, texts: Sequence[str]) -> Floats:
-        return np.stack([self.table[text].vector for text in texts]).astype(np.float32)
 
 
 # --- results -------------------------------------------------------------------------------------------

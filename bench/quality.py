@@ -183,6 +183,10 @@ class MemoEmbedder:
             self.table.update(zip(chunk, self._inner.embed(chunk), strict=True))
         return [self.table[text] for text in texts]
 
+    def matrix(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        """The vectors of texts embedded already, one row each."""
+        return np.stack([self.table[text].vector for text in texts]).astype(np.float32)
+
     def similarity(self, one: str, other: str) -> float:
         return min(1.0, max(0.0, float(np.dot(self.table[one].vector, self.table[other].vector))))
 

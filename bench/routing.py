@@ -34,14 +34,12 @@ import math
 import os
 import platform
 import random
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +48,9 @@ import httpx
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from latency import free_port, subprocess_running, wait_ready  # noqa: E402
+
 DATA = ROOT.parent / "shared" / "data" / "queries"
 OUT = ROOT / "bench" / "out"
 
@@ -126,41 +127,12 @@ def arrivals(pool: Sequence[Query], *, rate: float, duration_s: float, seed: int
 # ---------------------------------------------------------------------------------------- servers
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+# This checkout's code in the servers too (the venv's `semcache` script may belong to another one).
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
 
 
-@contextlib.contextmanager
-def running(command: list[str], *, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}  # this checkout's code
-    with log.open("wb") as out:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
-async def wait_ready(url: str, process: subprocess.Popen[bytes], *, log: Path, timeout_s: float = 240) -> None:
-    deadline = time.monotonic() + timeout_s
-    async with httpx.AsyncClient(timeout=5) as client:
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise SystemExit(f"{url}: exited with {process.returncode}; see {log}")
-            with contextlib.suppress(httpx.TransportError):
-                if (await client.get(url)).status_code == 200:
-                    return
-            await asyncio.sleep(0.2)
-    raise SystemExit(f"{url}: not ready after {timeout_s:.0f} s")
+def running(command: list[str], *, log: Path) -> contextlib.AbstractContextManager[subprocess.Popen[bytes]]:
+    return subprocess_running(command, log=log, env=ENV)
 
 
 def simulate(port: int, model: dict[str, int], classes: Path) -> list[str]:
@@ -304,11 +276,13 @@ async def measure(args: argparse.Namespace, workdir: Path) -> Results:
         running(serve(routed), log=logs["gateway"]) as gateway,
         running(serve(cached), log=logs["cache"]) as cache,
     ):
-        await wait_ready(f"{small_url}/v1/models", small, log=logs["small"])
-        await wait_ready(f"{large_url}/v1/models", large, log=logs["large"])
+        probe = httpx.AsyncClient(timeout=5)
+        await wait_ready(probe, f"{small_url}/v1/models", small, log=logs["small"], timeout_s=240)
+        await wait_ready(probe, f"{large_url}/v1/models", large, log=logs["large"], timeout_s=240)
         print("waiting for the gateways (embedding model, litellm)...", file=sys.stderr, flush=True)
-        await wait_ready(f"{urls['gateway']}/readyz", gateway, log=logs["gateway"])
-        await wait_ready(f"{urls['cache']}/readyz", cache, log=logs["cache"])
+        await wait_ready(probe, f"{urls['gateway']}/readyz", gateway, log=logs["gateway"], timeout_s=240)
+        await wait_ready(probe, f"{urls['cache']}/readyz", cache, log=logs["cache"], timeout_s=240)
+        await probe.aclose()
         limits = httpx.Limits(max_connections=512, max_keepalive_connections=512)
         targets = {  # mode → (url, model asked for, the large model's name in route decisions)
             "plain": (large_url, "sim-large", ""),
