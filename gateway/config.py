@@ -439,34 +439,34 @@ def key_digest(api_key: str) -> str:
     return hashlib.sha256(api_key.encode()).hexdigest()
 
 
+def _without_raw_keys(data: dict[str, Any], found: list[str]) -> dict[str, Any]:
+    """`data` without the raw `api_key`s written where a key's environment variable belongs (the
+    upstream, admin, each deployment, the LLM judge); their paths go to `found`, so that the rest
+    of the file is still checked."""
+
+    def strip(section: Any, path: str) -> Any:
+        if isinstance(section, dict) and "api_key" in section:
+            found.append(f"{path}.api_key")
+            return {key: value for key, value in section.items() if key != "api_key"}
+        return section
+
+    data = dict(data)
+    for name in ("upstream", "admin"):
+        if name in data:
+            data[name] = strip(data[name], name)
+    if isinstance(data.get("deployments"), list):
+        data["deployments"] = [strip(item, f"deployments[{i}]") for i, item in enumerate(data["deployments"])]
+    verified = data.get("verified")
+    if isinstance(verified, dict) and "llm_judge" in verified:
+        data["verified"] = {**verified, "llm_judge": strip(verified["llm_judge"], "verified.llm_judge")}
+    return data
+
+
 def parse_config(data: Any, *, source: str = "<config>") -> GatewayConfig:
     """Validate parsed YAML; raise `ConfigError` listing every problem."""
     secret_problems: list[str] = []
     if isinstance(data, dict):
-        data = dict(data)
-        upstream = data.get("upstream")
-        if isinstance(upstream, dict) and "api_key" in upstream:
-            data["upstream"] = {key: value for key, value in upstream.items() if key != "api_key"}
-            secret_problems.append("upstream.api_key")
-        admin = data.get("admin")
-        if isinstance(admin, dict) and "api_key" in admin:
-            data["admin"] = {key: value for key, value in admin.items() if key != "api_key"}
-            secret_problems.append("admin.api_key")
-        verified = data.get("verified")
-        judge = verified.get("llm_judge") if isinstance(verified, dict) else None
-        if isinstance(verified, dict) and isinstance(judge, dict) and "api_key" in judge:
-            judge = {key: value for key, value in judge.items() if key != "api_key"}
-            data["verified"] = {**verified, "llm_judge": judge}
-            secret_problems.append("verified.llm_judge.api_key")
-        deployments = data.get("deployments")
-        if isinstance(deployments, list):
-            for i, item in enumerate(deployments):
-                if isinstance(item, dict) and "api_key" in item:
-                    secret_problems.append(f"deployments[{i}].api_key")
-            data["deployments"] = [
-                {k: v for k, v in item.items() if k != "api_key"} if isinstance(item, dict) else item
-                for item in deployments
-            ]
+        data = _without_raw_keys(data, secret_problems)
         secret_problems += [key for key in ("api_key", "tenant_by_key_sha256") if data.pop(key, None) is not None]
     secret_problems = [f"{path}: secrets go in environment variables, not the file" for path in secret_problems]
     config, problems = build(GatewayConfig, data)
