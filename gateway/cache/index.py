@@ -110,6 +110,9 @@ class VectorIndex:
         self._hnsw.init_index(max_elements=initial_capacity, ef_construction=200, M=16, allow_replace_deleted=True)
         self._hnsw.set_ef(ef_search)
         self._ef = ef_search
+        # Read on the event loop to size an add's deadline (a resize copies the whole index); only
+        # the index's thread writes it.
+        self._capacity = initial_capacity
         self._lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="semcache-index")
         self._slots: dict[int, _Slot] = {}
@@ -173,7 +176,11 @@ class VectorIndex:
     async def add(self, items: Sequence[IndexItem]) -> None:
         if items:
             self._adding.update(item.entry_id for item in items)
-            await self._run(self._add, items, work=len(items), write=True)
+            # An add that outgrows the index resizes it first, which copies every entry: its
+            # deadline allows for that work too (else each doubling withdraws a fresh entry).
+            resizing = len(self._slots) + self._deleted + len(items) > self._capacity
+            work = len(items) + (len(self._slots) if resizing else 0)
+            await self._run(self._add, items, work=work, write=True)
 
     async def remove(self, entry_ids: Iterable[str]) -> None:
         ids = [entry_id for entry_id in entry_ids if self.holds(entry_id)]
@@ -285,6 +292,7 @@ class VectorIndex:
             capacity = self._hnsw.get_max_elements()
             if required > capacity:
                 self._hnsw.resize_index(max(capacity * 2, required))
+                self._capacity = self._hnsw.get_max_elements()
             labels = np.arange(self._next_label, self._next_label + len(items))
             self._next_label += len(items)
             matrix = np.stack(vectors).astype(np.float32, copy=False)
