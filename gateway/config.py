@@ -198,8 +198,9 @@ class CacheConfig:
     search_k: int = field(default=4, metadata=check(in_range(1, 256)))
     # Quota of the one implicit category when no policy file is given.
     max_entries: int = field(default=100_000, metadata=check(positive))
-    # Every index call waits at most this long per 16 entries it handles (a search or one insert:
-    # once); past it the request fails open to a miss, counted in semcache_fail_open_total.
+    # Every index read waits at most this long per 16 entries it handles (a search: once); past it
+    # the request fails open to a miss, counted in semcache_fail_open_total. Writes (after the
+    # answer is sent) get 10 times as long, and an insert that resizes the index more for the copy.
     index_deadline_ms: float = field(default=100.0, metadata=check(in_range(1, 60_000)))
     # Hit counts are kept in memory and written to the store in one batch this often (and at close).
     hit_flush_interval_s: float = field(default=5.0, metadata=check(in_range(0.01, 3600)))

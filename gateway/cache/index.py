@@ -42,6 +42,8 @@ _EXACT_SEARCH_MAX = 512
 # deadline); a rebuild's page of a thousand gets proportionally longer, since an HNSW insert costs
 # up to a few milliseconds on a busy CPU.
 _ENTRIES_PER_DEADLINE = 16
+# How many times a read's deadline a write (add, remove, retime) may take.
+_WRITE_DEADLINE_FACTOR = 10
 # Entries weighed per eviction victim once a category is larger than this.
 _EVICTION_SAMPLE = 32
 
@@ -160,6 +162,10 @@ class VectorIndex:
         Past it the call is no longer awaited (hnswlib cannot be interrupted). A write still runs,
         in order, before any later call; a read still queued is dropped."""
         deadline_s = self._deadline_s * max(1, math.ceil(work / _ENTRIES_PER_DEADLINE))
+        if write:
+            # Writes run after the client has its answer: a brief stall (a GC pause, a busy CPU)
+            # must not withdraw a fresh entry, so they get more time than a lookup's read.
+            deadline_s *= _WRITE_DEADLINE_FACTOR
         try:
             future = asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
             # A write is shielded: a deadline must not cancel it while queued, or a removal queued
