@@ -40,16 +40,11 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.servers import free_port  # noqa: E402
+# The latency bench's paraphrase pairs (its first six) and port helper: one copy of each.
+from bench.latency import PAIRS as LATENCY_PAIRS  # noqa: E402
+from bench.latency import free_port  # noqa: E402
 
-PAIRS = [
-    ("How do I reverse a list in Python?", "What is the way to reverse a Python list?"),
-    ("What is the capital city of Australia?", "Which city is the capital of Australia?"),
-    ("How many days are there in a leap year?", "How many days does a leap year have?"),
-    ("What is the boiling point of water at sea level?", "At sea level, at what temperature does water boil?"),
-    ("How do I undo the last git commit?", "How can I revert my most recent git commit?"),
-    ("What are the symptoms of vitamin D deficiency?", "What symptoms does a lack of vitamin D cause?"),
-]
+PAIRS = LATENCY_PAIRS[:6]
 
 
 def ask_body(prompt: str, namespace: str | None = None) -> dict[str, object]:
